@@ -1,0 +1,1 @@
+"""Image processing, tokenizer and chat template (model.md §3, §8, §9)."""
