@@ -1,0 +1,219 @@
+"""The Moonlight language model: DeepSeek-V3 architecture with MLA attention and MoE layers
+(paper §2.1 "MoE language model"; model.md §7).
+
+Notable:
+  * Multi-head Latent Attention: keys/values come from a low-rank latent (kv_lora_rank) plus one
+    decoupled RoPE key head shared by all heads. Prefill expands the latent per head; decoding
+    with a cache attends directly in latent space ("absorbed" weights: the query's no-RoPE part is
+    projected through W_uk, the attention output through W_uv), so the cache stays compressed.
+  * RoPE on the decoupled dims uses the checkpoint's interleaved-pair layout: pair i is dims
+    (2i, 2i+1). Plain Llama rotate-half on these weights is wrong (logits off by ~3 on the fixture).
+  * RMSNorm normalises in fp32 and casts back before the weight; `kv_a_layernorm` uses eps 1e-6
+    whatever `rms_norm_eps` says (the reference builds it without an eps argument).
+  * Softmax scale is (qk_nope + qk_rope)^-0.5; layer i < first_k_dense_replace is a dense SwiGLU,
+    the rest are MoE (model/moe.py); untied lm_head; logits are returned in fp32.
+
+Shape legend: B batch, T new positions, S all positions (cached + new), Hd hidden, nH heads,
+dn qk_nope_head_dim, dr qk_rope_head_dim, dv v_head_dim, R kv_lora_rank, V vocab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kvl_core.config import TextConfig
+from kvl_core.model.cache import LatentCache
+from kvl_core.model.moe import MoE, SwiGLU
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        xf = x.float()
+        return self.weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+
+def rope_cos_sin(positions: torch.Tensor, dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions [B, T] -> cos, sin [B, 1, T, dim/2] in fp32."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, device=positions.device).float() / dim)
+    angles = positions.float()[..., None] * inv_freq
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[2i], x[2i+1]); output in de-interleaved order [rotated evens | rotated odds].
+
+    The order change is harmless because q and k get the same permutation (dot products are
+    unchanged); it is what the reference does, so intermediate tensors match it too.
+    """
+    xf = x.float()
+    a, b = xf[..., 0::2], xf[..., 1::2]
+    return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1).to(x.dtype)
+
+
+class MLAttention(nn.Module):
+    def __init__(self, cfg: TextConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.nh, self.dn, self.dr, self.dv = cfg.num_attention_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        self.rank = cfg.kv_lora_rank
+        self.scale = (self.dn + self.dr) ** -0.5
+        hd, qd = cfg.hidden_size, self.nh * (self.dn + self.dr)
+        if cfg.q_lora_rank is None:
+            self.q_proj = nn.Linear(hd, qd, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(hd, cfg.q_lora_rank, bias=cfg.attention_bias)
+            self.q_a_layernorm = RMSNorm(cfg.q_lora_rank)
+            self.q_b_proj = nn.Linear(cfg.q_lora_rank, qd, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(hd, self.rank + self.dr, bias=cfg.attention_bias)
+        self.kv_a_layernorm = RMSNorm(self.rank)  # eps 1e-6 on purpose, see module docstring
+        self.kv_b_proj = nn.Linear(self.rank, self.nh * (self.dn + self.dv), bias=False)
+        self.o_proj = nn.Linear(self.nh * self.dv, hd, bias=cfg.attention_bias)
+
+    def forward(self, x, cos, sin, mask: torch.Tensor | None, cache: LatentCache | None):
+        B, T, _ = x.shape
+        if hasattr(self, "q_proj"):
+            q = self.q_proj(x)
+        else:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q_nope, q_pe = q.view(B, T, self.nh, -1).transpose(1, 2).split([self.dn, self.dr], dim=-1)
+        c, k_pe = self.kv_a_proj_with_mqa(x).split([self.rank, self.dr], dim=-1)
+        c = self.kv_a_layernorm(c)  # [B, T, R]
+        q_pe = apply_rope_interleaved(q_pe, cos, sin)  # [B, nH, T, dr]
+        k_pe = apply_rope_interleaved(k_pe[:, None], cos, sin)[:, 0]  # [B, T, dr]
+
+        past = cache.layer_len(self.layer_idx) if cache is not None else 0
+        if cache is not None:
+            c_all, kpe_all = cache.append(self.layer_idx, c, k_pe)
+        if past == 0:
+            # Prefill / training: expand the latent into per-head keys and values.
+            k_nope, v = self.kv_b_proj(c).view(B, T, self.nh, -1).transpose(1, 2).split([self.dn, self.dv], dim=-1)
+            k = torch.cat([k_nope, k_pe[:, None].expand(B, self.nh, T, self.dr)], dim=-1)
+            qf = torch.cat([q_nope, q_pe], dim=-1)
+            o = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scale)
+        else:
+            # Decode: attend in latent space; q_nope.(W_uk c) == (W_uk^T q_nope).c and W_uv is applied after.
+            w = self.kv_b_proj.weight.view(self.nh, self.dn + self.dv, self.rank)
+            w_uk, w_uv = w[:, : self.dn], w[:, self.dn :]
+            q_lat = torch.einsum("bhtd,hdr->bhtr", q_nope, w_uk)
+            S = c_all.shape[1]
+            qf = torch.cat([q_lat, q_pe], dim=-1)
+            kf = torch.cat([c_all, kpe_all], dim=-1)[:, None].expand(B, self.nh, S, self.rank + self.dr)
+            vf = c_all[:, None].expand(B, self.nh, S, self.rank)
+            o_lat = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, scale=self.scale)
+            o = torch.einsum("bhtr,hvr->bhtv", o_lat, w_uv)
+        return self.o_proj(o.transpose(1, 2).reshape(B, T, self.nh * self.dv))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: TextConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = MLAttention(cfg, layer_idx)
+        self.mlp = MoE(cfg) if cfg.is_moe_layer(layer_idx) else SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DeepseekV3Model(nn.Module):
+    """`language_model.model`: embeddings, decoder layers, final norm."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        pad = cfg.pad_token_id if cfg.pad_token_id is not None and 0 <= cfg.pad_token_id < cfg.vocab_size else None
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=pad)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor  # [B, T_kept, V] fp32
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    past_key_values: LatentCache | None = None
+    loss: torch.Tensor | None = None
+
+
+def attention_mask_4d(attention_mask: torch.Tensor | None, T: int, past: int, device) -> torch.Tensor | None:
+    """Boolean [B|1, 1, T, S] mask (True = may attend), or None when plain causal attention suffices.
+
+    A 4-D mask is passed through (packed training batches build block-diagonal causal masks).
+    Query rows with no visible key (left padding) are opened up so SDPA yields finite values;
+    nothing reads those rows.
+    """
+    if attention_mask is not None and attention_mask.dim() == 4:
+        return attention_mask.bool()
+    if attention_mask is None and past == 0:
+        return None
+    S = past + T
+    q_pos = torch.arange(past, S, device=device)
+    m = (torch.arange(S, device=device)[None, :] <= q_pos[:, None])[None, None]
+    if attention_mask is not None:
+        m = m & attention_mask[:, None, None, -S:].bool()
+        m = m | ~m.any(-1, keepdim=True)
+    return m
+
+
+class DeepseekV3ForCausalLM(nn.Module):
+    """`language_model`: token ids or embeddings -> fp32 logits, with an optional latent KV cache."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = DeepseekV3Model(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def new_cache(self, capacity: int = 0) -> LatentCache:
+        return LatentCache(self.config.num_hidden_layers, capacity)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: LatentCache | None = None,
+        use_cache: bool = False,
+        output_hidden_states: bool = False,
+        logits_to_keep: int = 0,
+    ) -> CausalLMOutput:
+        if inputs_embeds is None:
+            inputs_embeds = self.model.embed_tokens(input_ids)
+        x = inputs_embeds
+        B, T, _ = x.shape
+        cache = past_key_values
+        if cache is None and use_cache:
+            cache = self.new_cache()
+        past = cache.seq_len if cache is not None else 0
+        if position_ids is None:
+            if attention_mask is not None and attention_mask.dim() == 2:
+                # Left padding: positions count only real tokens (pads get 1, as the reference does).
+                pos = attention_mask.long().cumsum(-1) - 1
+                position_ids = pos.masked_fill(attention_mask == 0, 1)[:, -T:]
+            else:
+                position_ids = torch.arange(past, past + T, device=x.device).expand(B, T)
+        cos, sin = rope_cos_sin(position_ids, self.config.qk_rope_head_dim, self.config.rope_theta)
+        mask = attention_mask_4d(attention_mask, T, past, x.device)
+        hidden = [x] if output_hidden_states else None
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, mask, cache)
+            if hidden is not None:
+                hidden.append(x)
+        x = self.model.norm(x)
+        if hidden is not None:
+            hidden[-1] = x  # the last entry is the final norm's output, as in HF
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        logits = self.lm_head(x).float()
+        return CausalLMOutput(logits=logits, hidden_states=tuple(hidden) if hidden else None, past_key_values=cache)
