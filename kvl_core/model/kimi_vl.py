@@ -127,3 +127,32 @@ class KimiVLForConditionalGeneration(nn.Module):
             output_hidden_states=output_hidden_states,
             logits_to_keep=logits_to_keep,
         )
+
+    # ---- generation (HF-style low-level API) --------------------------------------------------
+
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_hws: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 512,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        repetition_penalty: float = 1.0,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """Prompt ids followed by the new ids, [B, T + new]; rows that stopped early are padded."""
+        from kvl_core.generation import SamplingParams, generate
+
+        params = SamplingParams(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed)
+        if pad_token_id is None:
+            pad_token_id = self.config.text.pad_token_id
+        return generate(self, input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                        image_grid_hws=image_grid_hws, params=params, eos_token_id=eos_token_id,
+                        pad_token_id=pad_token_id).sequences
