@@ -16,51 +16,43 @@ import torch
 
 
 class LatentCache:
+    """Per layer one buffer [B, capacity, R + Dr]: the normalised latent, then the rotated shared key."""
+
     def __init__(self, num_layers: int, capacity: int = 0):
         self.num_layers = num_layers
-        self._ckv: list[torch.Tensor | None] = [None] * num_layers
-        self._kpe: list[torch.Tensor | None] = [None] * num_layers
+        self._buf: list[torch.Tensor | None] = [None] * num_layers
         self._len = [0] * num_layers
         self._initial_capacity = capacity
 
-    def __len__(self) -> int:  # positions cached (layer 0 is the first to be written each step)
+    def __len__(self) -> int:
         return self._len[0]
 
     @property
     def seq_len(self) -> int:
+        """Positions cached (layer 0 is written first in each forward)."""
         return self._len[0]
 
     def layer_len(self, layer: int) -> int:
         return self._len[layer]
 
-    def append(self, layer: int, ckv: torch.Tensor, kpe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add ckv [B, T, R] and kpe [B, T, Dr]; return views over everything cached for this layer."""
-        n, t = self._len[layer], ckv.shape[1]
-        buf_c, buf_k = self._ckv[layer], self._kpe[layer]
-        if buf_c is None or n + t > buf_c.shape[1]:
-            cap = max(n + t, self._initial_capacity, 2 * (buf_c.shape[1] if buf_c is not None else 0), 16)
-            new_c = ckv.new_empty(ckv.shape[0], cap, ckv.shape[2])
-            new_k = kpe.new_empty(kpe.shape[0], cap, kpe.shape[2])
+    def append(self, layer: int, entry: torch.Tensor) -> torch.Tensor:
+        """Add entry [B, T, R + Dr]; return a view over everything cached for this layer [B, S, R + Dr]."""
+        n, t = self._len[layer], entry.shape[1]
+        buf = self._buf[layer]
+        if buf is None or n + t > buf.shape[1]:
+            cap = max(n + t, self._initial_capacity, 2 * (buf.shape[1] if buf is not None else 0), 16)
+            new = entry.new_empty(entry.shape[0], cap, entry.shape[2])
             if n:
-                new_c[:, :n] = buf_c[:, :n]
-                new_k[:, :n] = buf_k[:, :n]
-            self._ckv[layer], self._kpe[layer] = buf_c, buf_k = new_c, new_k
-        buf_c[:, n : n + t] = ckv
-        buf_k[:, n : n + t] = kpe
+                new[:, :n] = buf[:, :n]
+            self._buf[layer] = buf = new
+        buf[:, n : n + t] = entry
         self._len[layer] = n + t
-        return buf_c[:, : n + t], buf_k[:, : n + t]
+        return buf[:, : n + t]
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep batch rows `index` (e.g. drop finished sequences)."""
-        for i in range(self.num_layers):
-            if self._ckv[i] is not None:
-                self._ckv[i] = self._ckv[i].index_select(0, index)
-                self._kpe[i] = self._kpe[i].index_select(0, index)
+        self._buf = [b.index_select(0, index) if b is not None else None for b in self._buf]
 
     def nbytes(self) -> int:
-        """Bytes actually holding cached positions (not the spare capacity)."""
-        total = 0
-        for c, k, n in zip(self._ckv, self._kpe, self._len):
-            if c is not None:
-                total += n * c.shape[0] * (c.shape[2] * c.element_size() + k.shape[2] * k.element_size())
-        return total
+        """Bytes holding cached positions (not the spare capacity)."""
+        return sum(n * b.shape[0] * b.shape[2] * b.element_size() for b, n in zip(self._buf, self._len) if b is not None)

@@ -92,7 +92,7 @@ class MLAttention(nn.Module):
 
         past = cache.layer_len(self.layer_idx) if cache is not None else 0
         if cache is not None:
-            c_all, kpe_all = cache.append(self.layer_idx, c, k_pe)
+            cached = cache.append(self.layer_idx, torch.cat([c, k_pe], dim=-1))  # [B, S, R + dr]
         if past == 0:
             # Prefill / training: expand the latent into per-head keys and values.
             k_nope, v = self.kv_b_proj(c).view(B, T, self.nh, -1).transpose(1, 2).split([self.dn, self.dv], dim=-1)
@@ -104,11 +104,14 @@ class MLAttention(nn.Module):
             w = self.kv_b_proj.weight.view(self.nh, self.dn + self.dv, self.rank)
             w_uk, w_uv = w[:, : self.dn], w[:, self.dn :]
             q_lat = torch.einsum("bhtd,hdr->bhtr", q_nope, w_uk)
-            S = c_all.shape[1]
-            qf = torch.cat([q_lat, q_pe], dim=-1)
-            kf = torch.cat([c_all, kpe_all], dim=-1)[:, None].expand(B, self.nh, S, self.rank + self.dr)
-            vf = c_all[:, None].expand(B, self.nh, S, self.rank)
-            o_lat = F.scaled_dot_product_attention(qf, kf, vf, attn_mask=mask, scale=self.scale)
+            # All heads share one latent key/value, so fold heads into the query axis: one bmm
+            # against the cache, never a per-head copy of it.
+            qf = torch.cat([q_lat, q_pe], dim=-1).reshape(B, self.nh * T, -1)
+            scores = torch.bmm(qf, cached.transpose(1, 2)).view(B, self.nh, T, -1) * self.scale
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            probs = scores.float().softmax(-1).to(cached.dtype)
+            o_lat = torch.bmm(probs.view(B, self.nh * T, -1), cached[..., : self.rank]).view(B, self.nh, T, self.rank)
             o = torch.einsum("bhtr,hvr->bhtv", o_lat, w_uv)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.nh * self.dv))
 
