@@ -1,0 +1,100 @@
+"""Model specs: which checkpoint directory a user means, resolved offline.
+
+A spec is a local checkpoint directory, or a Hugging Face repo id (`moonshotai/Kimi-VL-A3B-Instruct`,
+optionally `@revision`) found in the local Hugging Face cache (`HF_HUB_CACHE`, else `HF_HOME/hub`,
+else `~/.cache/huggingface/hub`; snapshot layout `models--org--name/snapshots/<commit>/`). Nothing
+is ever downloaded. Where no spec is given: the `KVL_MODEL` environment variable, then `model = ...`
+in the user config file (`$KVL_CONFIG`, else `~/.config/kvl/config.toml`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+
+from kvl_core.errors import KvlError
+
+KNOWN_MODELS = {
+    "moonshotai/Kimi-VL-A3B-Instruct": "general use, temperature 0.2",
+    "moonshotai/Kimi-VL-A3B-Thinking-2506": "long reasoning, temperature 0.8",
+    "moonshotai/Kimi-VL-A3B-Thinking": "long reasoning (first release), temperature 0.6",
+}
+HOW_TO_GET = (
+    "no model configured: pass --model PATH_OR_REPO_ID, set KVL_MODEL, or put `model = \"...\"` in "
+    "~/.config/kvl/config.toml. To get the real model (16.4B parameters, ~33 GB in bf16): "
+    "`hf download moonshotai/Kimi-VL-A3B-Instruct` on a machine with internet, then "
+    "--model moonshotai/Kimi-VL-A3B-Instruct (read from the local Hugging Face cache)"
+)
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
+
+
+def hf_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
+
+
+def user_config_path() -> Path:
+    if os.environ.get("KVL_CONFIG"):
+        return Path(os.environ["KVL_CONFIG"]).expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".config") / "kvl" / "config.toml"
+
+
+def user_config() -> dict:
+    path = user_config_path()
+    if not path.exists():
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise KvlError(f"{path}: not valid TOML ({e})") from None
+
+
+def configured_model_spec(spec: str | None = None) -> str | None:
+    """The spec in force: explicit, else $KVL_MODEL, else the user config's `model`."""
+    if spec:
+        return spec
+    if os.environ.get("KVL_MODEL"):
+        return os.environ["KVL_MODEL"]
+    model = user_config().get("model")
+    return str(model) if model else None
+
+
+def resolve_from_hf_cache(repo_id: str) -> Path | None:
+    name, _, revision = repo_id.partition("@")
+    repo_dir = hf_cache_dir() / ("models--" + name.replace("/", "--"))
+    if not repo_dir.is_dir():
+        return None
+    revision = revision or "main"
+    ref = repo_dir / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    snap = repo_dir / "snapshots" / commit
+    if snap.is_dir():
+        return snap
+    snaps = sorted((repo_dir / "snapshots").glob("*"), key=lambda p: p.stat().st_mtime) if revision == "main" else []
+    return snaps[-1] if snaps else None
+
+
+def resolve_model(spec: str | None = None) -> Path:
+    """Spec (or the configured default) -> checkpoint directory, or a KvlError saying what to do."""
+    spec = configured_model_spec(spec)
+    if not spec:
+        raise KvlError(HOW_TO_GET)
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    if _REPO_ID.match(spec) and not spec.startswith((".", "/")):
+        found = resolve_from_hf_cache(spec)
+        if found is not None:
+            return found
+        raise KvlError(
+            f"{spec}: not a local directory and not in the Hugging Face cache ({hf_cache_dir()}); "
+            f"download it first (`hf download {spec.partition('@')[0]}`) or pass a checkpoint directory"
+        )
+    raise KvlError(f"{spec}: no such checkpoint directory")

@@ -1,0 +1,69 @@
+"""Model-spec resolution: local dirs, the offline HF cache layout, env and user config, and the no-model message."""
+
+import pytest
+
+from kvl_core import hub
+from kvl_core.errors import KvlError
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    for var in ("KVL_MODEL", "HF_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("KVL_CONFIG", str(tmp_path / "kvl.toml"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    return tmp_path
+
+
+def make_snapshot(root, repo, commit, ref="main"):
+    repo_dir = root / "hf" / "hub" / ("models--" + repo.replace("/", "--"))
+    snap = repo_dir / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (repo_dir / "refs").mkdir(exist_ok=True)
+    (repo_dir / "refs" / ref).write_text(commit + "\n")
+    return snap
+
+
+def test_local_directory_wins(env):
+    (env / "ckpt").mkdir()
+    assert hub.resolve_model(str(env / "ckpt")) == env / "ckpt"
+
+
+def test_repo_id_resolves_through_refs_and_revisions(env):
+    main = make_snapshot(env, "moonshotai/Kimi-VL-A3B-Instruct", "a" * 40)
+    other = make_snapshot(env, "moonshotai/Kimi-VL-A3B-Instruct", "b" * 40, ref="v2")
+    assert hub.resolve_model("moonshotai/Kimi-VL-A3B-Instruct") == main
+    assert hub.resolve_model("moonshotai/Kimi-VL-A3B-Instruct@v2") == other
+    assert hub.resolve_model("moonshotai/Kimi-VL-A3B-Instruct@" + "b" * 40) == other
+
+
+def test_hf_hub_cache_overrides_hf_home(env, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(env / "hf" / "hub"))
+    monkeypatch.setenv("HF_HOME", str(env / "elsewhere"))
+    snap = make_snapshot(env, "org/model", "c" * 40)
+    assert hub.resolve_model("org/model") == snap
+
+
+def test_env_then_user_config(env, monkeypatch):
+    (env / "a").mkdir()
+    (env / "b").mkdir()
+    (env / "kvl.toml").write_text(f'model = "{env / "b"}"\n')
+    assert hub.resolve_model() == env / "b"
+    monkeypatch.setenv("KVL_MODEL", str(env / "a"))
+    assert hub.resolve_model() == env / "a"
+
+
+def test_missing_model_says_how_to_get_one(env):
+    with pytest.raises(KvlError, match="no model configured.*16.4B parameters"):
+        hub.resolve_model()
+    with pytest.raises(KvlError, match="not in the Hugging Face cache"):
+        hub.resolve_model("someone/absent-model")
+    with pytest.raises(KvlError, match="no such checkpoint directory"):
+        hub.resolve_model("./nope")
+
+
+def test_broken_user_config_is_named(env):
+    (env / "kvl.toml").write_text("model = [unclosed\n")
+    with pytest.raises(KvlError, match="kvl.toml: not valid TOML"):
+        hub.resolve_model()
