@@ -1,0 +1,37 @@
+# kvl developer tasks. `make install` once, then `make test`. Everything runs from .venv.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch (the local mirror has it). Bring your own CUDA build instead with
+# `make install TORCH=` after installing it into $(VENV) yourself.
+TORCH ?= torch==2.13.0
+
+.PHONY: install test test-slow bench lint clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch first and pinned: left to resolve our `torch>=2.4` alone, pip would fetch a multi-GB CUDA build.
+install: $(BIN)/python
+	$(if $(TORCH),$(BIN)/pip install $(TORCH))
+	$(BIN)/pip install -e ".[all,test]"
+
+test:
+	$(BIN)/pytest
+
+test-slow:
+	$(BIN)/pytest -m slow
+
+bench:
+	@set -e; for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f; done
+
+# Optional: uses ruff if it is installed (venv or PATH); kvl does not depend on a linter.
+lint:
+	@if [ -x $(BIN)/ruff ]; then $(BIN)/ruff check .; \
+	elif command -v ruff >/dev/null 2>&1; then ruff check .; \
+	else echo "lint: ruff not installed, skipped (pip install ruff)"; fi
+
+# Leaves .venv alone: rebuilding it means reinstalling torch.
+clean:
+	rm -rf build dist .pytest_cache bench/results *.egg-info plugins/*/build plugins/*/*.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
