@@ -130,6 +130,10 @@ class Engine:
             pad_token_id=self.processor.tokenizer.pad_id, codec=self.processor.tokenizer,
             on_token=on_token if on_text is not None else None,
         )
+        if decoder is not None:  # a trailing incomplete character was held back: release it now
+            rest = decoder.flush()
+            if rest:
+                on_text(rest)
         results = []
         for i, ids in enumerate(out.new_tokens):
             text = self.processor.decode(ids, skip_special_tokens=True)
@@ -187,5 +191,11 @@ class _Incremental:
         if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
             return ""
         delta = text[len(self.emitted):] if text.startswith(self.emitted) else text
+        self.emitted = text
+        return delta
+
+    def flush(self) -> str:
+        text = self.processor.decode(self.ids, skip_special_tokens=True)
+        delta = text[len(self.emitted):] if text.startswith(self.emitted) else ""
         self.emitted = text
         return delta

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from cli_helpers import KVL, kvl_env, listed_commands, run_kvl, strip_ansi
+from .helpers import KVL, kvl_env, listed_commands, run_kvl, strip_ansi
 from typer.testing import CliRunner
 
 from kvl_cli import output

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import typer
-from cli_helpers import listed_commands, run_kvl
+from .helpers import listed_commands, run_kvl
 
 from kvl_cli import registry
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # A second plugin distribution, written here so that it cannot be installed by accident: one entry point
 # whose module fails to import, one typer group, and one that tries to take over the built-in `info`.
