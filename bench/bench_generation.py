@@ -91,11 +91,13 @@ def bench_lm(prompt_len: int, new_tokens: int) -> dict:
     t_hf, hf_out = timed(lambda: hf(ids, use_cache=True, logits_to_keep=1), repeat=2)
 
     # decode: whole generate() minus its prefill, per new token
+    # (best of two runs each: this is a shared 2-core machine and one run can catch a neighbour's burst)
     params = SamplingParams(max_new_tokens=new_tokens)
-    ours_gen = generate(ours, ids, params=params, eos_token_id=None)
+    runs = [generate(ours, ids, params=params, eos_token_id=None) for _ in range(2)]
+    ours_gen = min(runs, key=lambda r: r.decode_seconds)
     ours_decode = ours_gen.decode_seconds / (new_tokens - 1)
     t_hf_gen, hf_seq = timed(lambda: hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                                  do_sample=False, eos_token_id=None, pad_token_id=0))
+                                                  do_sample=False, eos_token_id=None, pad_token_id=0), repeat=2)
     hf_decode = (t_hf_gen - t_hf) / (new_tokens - 1)
     same_ids = hf_seq[0, prompt_len:].tolist() == ours_gen.new_tokens[0]
 

@@ -78,6 +78,16 @@ class MLAttention(nn.Module):
         self.kv_b_proj = nn.Linear(self.rank, self.nh * (self.dn + self.dv), bias=False)
         self.o_proj = nn.Linear(self.nh * self.dv, hd, bias=cfg.attention_bias)
 
+    def _absorbed_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """W_uk [nH, dn, R] and W_uv^T [nH, R, dv], contiguous; rebuilt only when kv_b_proj changes."""
+        w = self.kv_b_proj.weight
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        if getattr(self, "_absorbed_key", None) != key:
+            wv = w.detach().view(self.nh, self.dn + self.dv, self.rank)
+            self._absorbed = (wv[:, : self.dn].contiguous(), wv[:, self.dn :].transpose(1, 2).contiguous())
+            self._absorbed_key = key
+        return self._absorbed
+
     def forward(self, x, cos, sin, mask: torch.Tensor | None, cache: LatentCache | None):
         B, T, _ = x.shape
         if hasattr(self, "q_proj"):
@@ -101,9 +111,8 @@ class MLAttention(nn.Module):
             o = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask, is_causal=mask is None and T > 1, scale=self.scale)
         else:
             # Decode: attend in latent space; q_nope.(W_uk c) == (W_uk^T q_nope).c and W_uv is applied after.
-            w = self.kv_b_proj.weight.view(self.nh, self.dn + self.dv, self.rank)
-            w_uk, w_uv = w[:, : self.dn], w[:, self.dn :]
-            q_lat = torch.einsum("bhtd,hdr->bhtr", q_nope, w_uk)
+            w_uk, w_uv_t = self._absorbed_weights()
+            q_lat = torch.matmul(q_nope, w_uk)  # [B, nH, T, R]
             # All heads share one latent key/value, so fold heads into the query axis: one bmm
             # against the cache, never a per-head copy of it.
             qf = torch.cat([q_lat, q_pe], dim=-1).reshape(B, self.nh * T, -1)
@@ -112,7 +121,7 @@ class MLAttention(nn.Module):
                 scores = scores.masked_fill(~mask, float("-inf"))
             probs = scores.float().softmax(-1).to(cached.dtype)
             o_lat = torch.bmm(probs.view(B, self.nh * T, -1), cached[..., : self.rank]).view(B, self.nh, T, self.rank)
-            o = torch.einsum("bhtr,hvr->bhtv", o_lat, w_uv)
+            o = torch.matmul(o_lat, w_uv_t)  # [B, nH, T, dv]
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.nh * self.dv))
 
 
