@@ -157,6 +157,13 @@ class CausalLMOutput:
     loss: torch.Tensor | None = None
 
 
+def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Packed sequences: [B, T] document ids -> [B, 1, T, T], causal within a document and nothing across."""
+    T = doc_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    return ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]
+
+
 def attention_mask_4d(attention_mask: torch.Tensor | None, T: int, past: int, device) -> torch.Tensor | None:
     """Boolean [B|1, 1, T, S] mask (True = may attend), or None when plain causal attention suffices.
 
@@ -199,7 +206,12 @@ class DeepseekV3ForCausalLM(nn.Module):
         use_cache: bool = False,
         output_hidden_states: bool = False,
         logits_to_keep: int = 0,
+        doc_ids: torch.Tensor | None = None,
     ) -> CausalLMOutput:
+        """`doc_ids` [B, T] marks the documents of a packed training row: attention stays inside each
+        document (pass `position_ids` restarting at 0 per document alongside)."""
+        if doc_ids is not None:
+            attention_mask = document_mask(doc_ids)
         if inputs_embeds is None:
             inputs_embeds = self.model.embed_tokens(input_ids)
         x = inputs_embeds

@@ -58,3 +58,18 @@ def test_bfloat16_load_and_run_stays_close_to_float32(tiny_dir, tiny_model, gold
     ref = golden["full.logits"]
     assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) >= 0.99
     assert (out - ref).abs().mean() <= 0.05
+
+
+@torch.no_grad()
+def test_packed_documents_do_not_attend_to_each_other(tiny_model):
+    g = torch.Generator().manual_seed(4)
+    docs = [torch.randint(0, 256, (n,), generator=g) for n in (7, 5, 9)]
+    ids = torch.cat(docs)[None]
+    doc_ids = torch.cat([torch.full((len(d),), i) for i, d in enumerate(docs)])[None]
+    pos = torch.cat([torch.arange(len(d)) for d in docs])[None]
+    packed = tiny_model.language_model(ids, position_ids=pos, doc_ids=doc_ids).logits[0]
+    start = 0
+    for d in docs:
+        alone = tiny_model.language_model(d[None]).logits[0]
+        torch.testing.assert_close(packed[start:start + len(d)], alone, atol=1e-5, rtol=1e-5)
+        start += len(d)
