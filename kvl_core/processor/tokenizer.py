@@ -350,3 +350,29 @@ def _split_for_tiktoken(text: str) -> Iterator[str]:
                 yield chunk[prev:cut]
                 prev = cut
         yield chunk[prev:]
+
+
+def save_byte_level_tokenizer(directory: str | os.PathLike, vocab_size: int) -> None:
+    """Write `tiktoken.model` + `tokenizer_config.json` for a byte-level Kimi tokenizer.
+
+    Used for models trained from scratch by `kvl train --preset ...`: the 256 single bytes are the
+    BPE ranks and Kimi's special tokens keep their offsets in the block after them, with [UNK] and
+    [PAD] on the model's last two ids (the layout of the tiny fixture). `vocab_size` is the model's.
+    """
+    import base64
+
+    if vocab_size < 256 + DEFAULT_SPECIAL_OFFSETS["<|media_pad|>"] + 3:
+        raise KvlError(f"vocab_size {vocab_size} is too small for a byte-level tokenizer with Kimi's specials")
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "tiktoken.model").write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256)))
+    ids = {name: 256 + off for name, off in DEFAULT_SPECIAL_OFFSETS.items() if name not in ("[UNK]", "[PAD]")}
+    ids["[UNK]"], ids["[PAD]"] = vocab_size - 2, vocab_size - 1
+    entry = dict(lstrip=False, normalized=False, rstrip=False, single_word=False, special=True)
+    cfg = {
+        "added_tokens_decoder": {str(i): {"content": name, **entry} for name, i in sorted(ids.items(), key=lambda kv: kv[1])},
+        "bos_token": "[BOS]", "eos_token": "[EOS]", "pad_token": "[PAD]", "unk_token": "[UNK]",
+        "tokenizer_class": "TikTokenTokenizer",
+        "additional_special_tokens": [n for n in REQUIRED_SPECIALS],
+    }
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1) + "\n")
