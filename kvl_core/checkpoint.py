@@ -73,20 +73,17 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     """The checkpoint directory named by `path`; raises KvlError unless it exists and holds `config.json`."""
     p = Path(path).expanduser()
     if not p.exists():
-        found = _resolve_remote(str(path))
+        from kvl_core.hub import resolve_from_hf_cache  # a repo id already in the local HF cache
+
+        found = resolve_from_hf_cache(str(path)) if "/" in str(path) and not str(path).startswith((".", "/", "~")) else None
         if found is not None:
-            return found
+            return resolve_checkpoint_dir(found)
         raise KvlError(f"{path}: no such directory")
     if not p.is_dir():
         raise KvlError(f"{path}: not a directory (expected a checkpoint folder holding {CONFIG_NAME})")
     if not (p / CONFIG_NAME).is_file():
         raise KvlError(f"{path}: no {CONFIG_NAME} in this directory, so it is not a model checkpoint")
     return p
-
-
-def _resolve_remote(name: str) -> Path | None:
-    """Seam for resolving a hub repo id ("org/name") to a local snapshot; nothing is resolved yet."""
-    return None
 
 
 def weight_files(directory: str | os.PathLike) -> list[Path]:

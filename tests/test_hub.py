@@ -67,3 +67,12 @@ def test_broken_user_config_is_named(env):
     (env / "kvl.toml").write_text("model = [unclosed\n")
     with pytest.raises(KvlError, match="kvl.toml: not valid TOML"):
         hub.resolve_model()
+
+
+def test_from_pretrained_accepts_a_cached_repo_id(env, tiny_dir):
+    import shutil
+
+    from kvl_core.checkpoint import resolve_checkpoint_dir
+    snap = make_snapshot(env, "moonshotai/Kimi-VL-A3B-Instruct", "d" * 40)
+    shutil.copy(tiny_dir / "config.json", snap / "config.json")
+    assert resolve_checkpoint_dir("moonshotai/Kimi-VL-A3B-Instruct") == snap
