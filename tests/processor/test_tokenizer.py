@@ -310,3 +310,13 @@ def test_bad_special_configs(tmp_path):
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(KvlError, match="media_pad"):
         KimiTokenizer.from_pretrained(tmp_path)
+
+
+def test_byte_level_tokenizer_for_fresh_models_has_the_fixture_layout(tmp_path, fixture_dir):
+    from kvl_core.processor.tokenizer import save_byte_level_tokenizer
+
+    save_byte_level_tokenizer(tmp_path, vocab_size=300)
+    ours, ref = KimiTokenizer.from_pretrained(tmp_path), KimiTokenizer.from_pretrained(fixture_dir)
+    assert ours.special_ids == ref.special_ids
+    text = "Kimi-VL ◁think▷ 中文 <|im_end|>"
+    assert ours.encode(text) == ref.encode(text) == list(text.encode())
