@@ -1,0 +1,90 @@
+"""`kvl train --stage NAME`: any training stage of the paper, one process or under torchrun.
+
+Thin on purpose: options become a `TrainConfig`; the loop is `kvl_core.training.trainer.train`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Optional
+
+import typer
+
+from kvl_cli.output import err_console, print_json
+
+STAGES_HELP = "vit | align | pretrain | cooldown | longctx | sft | cot-sft"
+
+
+def train(
+    stage: Annotated[str, typer.Option(help=f"Which stage of the paper: {STAGES_HELP}.")],
+    data: Annotated[list[str], typer.Option("--data", help="JSONL file(s); NAME=PATH and PATH:WEIGHT mix sources.")],
+    out: Annotated[str, typer.Option(help="Run folder: checkpoints step_*/, final/, metrics.jsonl, loss.png.")],
+    model: Annotated[Optional[str], typer.Option(help="Start from this checkpoint (the previous stage's final/).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="Or start from a fresh model of this preset (tiny, ...).")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 100,
+    lr: Annotated[Optional[float], typer.Option(help="Peak LR of the first phase (default: the recipe's).")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Sequence length of the first phase (later phases keep their multiple).")] = None,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step over all ranks (default 8 rows).")] = None,
+    micro_rows: Annotated[int, typer.Option(help="Rows per forward pass (memory; the math does not change).")] = 1,
+    eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Held-out JSONL for the eval loss.")] = None,
+    eval_every: Annotated[int, typer.Option(help="Eval loss every N steps (0: at the end).")] = 0,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: at the end).")] = 0,
+    keep: Annotated[int, typer.Option(help="Checkpoints to keep.")] = 2,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")] = False,
+    seed: Annotated[int, typer.Option(help="Data order, init and sampling seed.")] = 0,
+    optimizer: Annotated[str, typer.Option(help="muon (Moonlight) or adamw.")] = "muon",
+    ns_dtype: Annotated[str, typer.Option(help="Newton-Schulz precision: auto (bf16 where native), bfloat16, float32.")] = "auto",
+    on_bad_line: Annotated[str, typer.Option(help="Malformed JSONL lines: stop or skip (counted).")] = "stop",
+    overlong: Annotated[str, typer.Option(help="Samples longer than the context: truncate or drop (counted).")] = "truncate",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+) -> None:
+    """Train Kimi-VL with Muon: any stage of the paper, from a checkpoint or a fresh preset."""
+    from kvl_core.training.trainer import TrainConfig, train as run_training
+
+    cfg = TrainConfig(stage=stage, out=out, data=data, eval_data=eval_data or [], model=model, preset=preset,
+                      steps=steps, lr=lr, seq_len=seq_len, batch_tokens=batch_tokens, micro_rows=micro_rows,
+                      seed=seed, resume=resume, save_every=save_every, keep=keep, eval_every=eval_every,
+                      optimizer=optimizer, ns_dtype=ns_dtype, data_policy=on_bad_line, overlong=overlong,
+                      device=device)
+    quiet = int(os.environ.get("RANK", "0")) != 0
+    with _Reporter(disable=quiet or json_out) as report:
+        summary = run_training(cfg, on_event=report)
+    if json_out and not quiet:
+        print_json(summary)
+
+
+class _Reporter:
+    """Turns trainer events into a rich progress bar (loss, lr, tokens/s, ETA) on stderr."""
+
+    def __init__(self, disable: bool):
+        from kvl_cli.output import progress
+
+        self.disable = disable
+        self.progress = progress("step", disable=disable)
+        self.task = None
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+        return False
+
+    def __call__(self, kind: str, info: dict) -> None:
+        if self.disable:
+            return
+        if kind == "start":
+            frozen = f" (frozen: {', '.join(info['frozen'])})" if info["frozen"] else ""
+            err_console.print(f"[bold]kvl train[/] stage {info['stage']}, {info['world']} process(es){frozen}")
+            self.task = self.progress.add_task(info["stage"], total=info["steps"], completed=info["step"])
+        elif kind == "step" and self.task is not None:
+            ev = f" eval {info['eval_loss']:.3f}" if info.get("eval_loss") is not None else ""
+            self.progress.update(self.task, completed=info["step"],
+                                 description=f"loss {info['loss']:.4f}{ev} lr {info['lr']:.2e} {info['tok_s']:.0f} tok/s")
+        elif kind in ("note", "phase", "save"):
+            text = info.get("text") or ", ".join(f"{k} {v}" for k, v in info.items())
+            self.progress.console.print(f"[dim]{kind}: {text}[/]")
+        elif kind == "end":
+            self.progress.console.print(f"[green]done[/]: {info['final']} (loss {info.get('loss')})")

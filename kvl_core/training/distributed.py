@@ -1,0 +1,394 @@
+"""Data parallelism for kvl training: process-group setup, gradient all-reduce, and `DistMuon`, a
+ZeRO-1 Muon exactly equivalent to the single-process optimizer (Moonlight report §2.3 "Distributed
+Muon", Algorithm 1; design: shared/design/training.md §1.5 and §4).
+
+Moonlight's Algorithm 1 splits each matrix across data-parallel ranks inside Megatron's flat
+buffer and all-gathers the momentum before NS. We shard by *ownership* instead (KellerJordan's
+distributed Muon, torch's ZeroRedundancyOptimizer): every optimizer unit — one parameter, or one
+stacked group of same-shape expert matrices — has exactly one owner rank. Each step:
+
+  1. the trainer all-reduces gradients (`all_reduce_grads`), so every rank holds the global gradient;
+  2. each rank runs the single-process `Muon` code on the units it owns only: the momentum / Adam
+     moments of a unit exist on its owner alone (ZeRO-1 memory), and each matrix's Newton–Schulz
+     runs once, on its owner;
+  3. the updated parameters are all-gathered as raw bytes, so every rank ends with the owner's
+     exact bits.
+
+Because step 2 is literally `Muon`'s per-unit code on the full matrix, DistMuon with identical
+gradients is bitwise identical to `Muon` (tests/training/test_distributed.py, T1).
+
+Checkpoints: `state_dict()` is this rank's shard in `Muon`'s format (global parameter indices);
+`consolidated_state_dict()` gathers the shards to one single-process state dict, and
+`load_state_dict()` accepts a consolidated (or single-process) dict on any world size, keeping only
+the owned entries. So a run may resume with a different number of ranks.
+
+Without torchrun (WORLD_SIZE unset) everything degrades to world 1: no process group, collectives
+are no-ops and DistMuon is Muon.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from kvl_core.training.muon import Muon
+
+# ---- process group ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+
+def _on() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if _on() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if _on() else 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if _on():
+        dist.barrier()
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 1800.0) -> DistInfo:
+    """Join the process group torchrun describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT).
+
+    Without those variables this is a no-op returning world 1 on the default device. Backend:
+    nccl when CUDA is available (each process takes GPU LOCAL_RANK), gloo otherwise. Idempotent.
+    """
+    cuda = torch.cuda.is_available()
+    lr = local_rank()
+    device = torch.device("cuda", lr) if cuda else torch.device("cpu")
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        return DistInfo(0, 1, 0, torch.device("cuda", 0) if cuda else device)
+    if cuda:
+        torch.cuda.set_device(device)
+    if not _on():
+        dist.init_process_group(backend or ("nccl" if cuda else "gloo"),
+                                timeout=datetime.timedelta(seconds=timeout_s),
+                                **({"device_id": device} if cuda else {}))
+    return DistInfo(dist.get_rank(), dist.get_world_size(), lr, device)
+
+
+def destroy_distributed() -> None:
+    if _on():
+        dist.destroy_process_group()
+
+
+# ---- collectives ------------------------------------------------------------------------------
+
+_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+
+
+def all_reduce_sum(t: torch.Tensor, group=None) -> torch.Tensor:
+    """In-place SUM over ranks (no-op at world 1); returns t."""
+    if _on() and dist.get_world_size(group) > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
+
+
+def all_reduce_scalar(x: float, op: str = "sum", group=None) -> float:
+    """A Python number reduced over ranks: op in {"sum", "mean", "max", "min"} (fp64 on the wire)."""
+    if not (_on() and dist.get_world_size(group) > 1):
+        return float(x)
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else "cpu"
+    t = torch.tensor([float(x)], dtype=torch.float64, device=dev)
+    dist.all_reduce(t, op=_OPS["sum" if op == "mean" else op], group=group)
+    v = t.item()
+    return v / dist.get_world_size(group) if op == "mean" else v
+
+
+def fill_missing_grads(params) -> None:
+    """Zero `.grad` for trainable params that have none (see `all_reduce_grads`)."""
+    for p in params:
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
+def all_reduce_grads(params, op: str = "sum", bucket_mb: float = 25.0, fill_none: bool = True, group=None) -> None:
+    """Reduce `.grad` of every parameter with requires_grad across ranks, in place.
+
+    op="sum" (what the kvl trainer uses): each rank's loss is its sum of token losses divided by
+    the GLOBAL supervised-token count, so the sum over ranks is exactly the full-batch gradient.
+    op="avg": sum / world (for per-rank mean losses).
+
+    fill_none: a parameter that got no gradient on this rank (an MoE expert no local token chose)
+    gets zeros first. Every rank must take part in the same collectives, and it keeps world 1
+    and world N identical — call this at world 1 too (it only fills, no communication).
+    Grads are flattened into buckets of ≤ bucket_mb per dtype/device in parameter order.
+    """
+    if op not in ("sum", "avg"):
+        raise ValueError(f"op must be 'sum' or 'avg', got {op!r}")
+    params = [p for p in params if p.requires_grad]
+    if fill_none:
+        fill_missing_grads(params)
+    n = dist.get_world_size(group) if _on() else 1
+    if n == 1:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    limit = int(bucket_mb * 2**20)
+    buckets: dict[tuple, list[list[torch.Tensor]]] = {}
+    filled: dict[tuple, int] = {}
+    for g in grads:
+        key = (g.dtype, g.device)
+        lst = buckets.setdefault(key, [[]])
+        nbytes = g.numel() * g.element_size()
+        if lst[-1] and filled[key] + nbytes > limit:
+            lst.append([])
+            filled[key] = 0
+        lst[-1].append(g)
+        filled[key] = filled.get(key, 0) + nbytes
+    for lst in buckets.values():
+        for bucket in lst:
+            flat = torch.cat([g.reshape(-1) for g in bucket])
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
+            if op == "avg":
+                flat.div_(n)
+            off = 0
+            for g in bucket:
+                g.copy_(flat[off : off + g.numel()].view_as(g))
+                off += g.numel()
+
+
+# ---- ZeRO-1 Muon ------------------------------------------------------------------------------
+
+
+def assign_owners(unit_sizes: list[int], world_size: int) -> list[int]:
+    """Greedy by size: largest unit first (ties: earlier unit), to the least-loaded rank (ties:
+    lowest rank). A pure function of the sizes, so every rank computes the same map."""
+    load = [0] * world_size
+    owner = [0] * len(unit_sizes)
+    for i in sorted(range(len(unit_sizes)), key=lambda i: (-unit_sizes[i], i)):
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        owner[i] = r
+        load[r] += unit_sizes[i]
+    return owner
+
+
+class DistMuon(Muon):
+    """`Muon` with ZeRO-1 ownership over the data-parallel group (see module docstring).
+
+    Same constructor as `Muon` plus `process_group` (default: the global group; world 1 when
+    torch.distributed is not initialised) and `sync_bucket_mb` (parameter all-gather chunk size).
+    Gradients must already be reduced (`all_reduce_grads`) when `step()` runs. Add all param
+    groups before the first step: ownership is recomputed on `add_param_group`.
+    """
+
+    def __init__(self, params, *, process_group=None, sync_bucket_mb: float = 64.0, **kwargs):
+        self.process_group = process_group
+        self.world_size = dist.get_world_size(process_group) if _on() else 1
+        self.rank = dist.get_rank(process_group) if _on() else 0
+        self.sync_bucket_bytes = int(sync_bucket_mb * 2**20)
+        self._unit_owner: list[list[int]] = []
+        super().__init__(params, **kwargs)
+
+    # ---- ownership ------------------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        self._assign()
+
+    def _assign(self) -> None:
+        units = [(gi, ui, sum(p.numel() for p in unit))
+                 for gi, g in enumerate(self.param_groups) for ui, unit in enumerate(self._units(g))]
+        owners = assign_owners([u[2] for u in units], self.world_size)
+        self._unit_owner = [[0] * len(self._units(g)) for g in self.param_groups]
+        for (gi, ui, _), r in zip(units, owners):
+            self._unit_owner[gi][ui] = r
+        # global param index -> owner, and per rank the params it broadcasts (in global order)
+        self.param_owner: list[int] = []
+        for gi, g in enumerate(self.param_groups):
+            for ui, unit in enumerate(self._units(g)):
+                self.param_owner.extend([self._unit_owner[gi][ui]] * len(unit))
+        flat = [p for g in self.param_groups for p in g["params"]]
+        self._owned_by = [[p for p, r in zip(flat, self.param_owner) if r == k] for k in range(self.world_size)]
+
+    def _owns(self, gi: int, ui: int) -> bool:
+        return self._unit_owner[gi][ui] == self.rank
+
+    # ---- step -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        if self.world_size > 1:
+            self._sync_params()
+        return loss
+
+    def _finish_rms(self, sq: list[torch.Tensor], counts: list[int]) -> None:
+        if self.world_size > 1 and self.track_rms and sq:
+            # sum of squares and element counts over owners, one small collective
+            t = torch.stack([torch.stack([s.to(sq[0].device).double().reshape(()) for s in sq]),
+                             torch.tensor(counts, dtype=torch.float64, device=sq[0].device)])
+            t = t.to(self._comm_device())
+            dist.all_reduce(t, group=self.process_group)
+            sq = list(t[0].cpu().unbind())
+            counts = [int(c) for c in t[1].tolist()]
+        super()._finish_rms(sq, counts)
+
+    def _comm_device(self) -> torch.device:
+        if dist.get_backend(self.process_group) == "nccl":
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def _sync_params(self) -> None:
+        """Every rank gets every parameter as its owner computed it, bit for bit.
+
+        Parameters travel as raw bytes (any dtype mix, exact). Each rank's owned params form one
+        byte stream; in round k every rank contributes its k-th chunk of ≤ sync_bucket_bytes
+        (padded), and one all_gather_into_tensor delivers all of them.
+        """
+        dev = self._comm_device()
+        streams = [[p for p in owned] for owned in self._owned_by]
+        sizes = [sum(p.numel() * p.element_size() for p in s) for s in streams]
+        chunk = max(1, min(self.sync_bucket_bytes, max(sizes) if sizes else 1))
+        rounds = max((s + chunk - 1) // chunk for s in sizes) if sizes else 0
+        cursors = [_ByteCursor(s) for s in streams]
+        for _ in range(rounds):
+            send = torch.zeros(chunk, dtype=torch.uint8, device=dev)
+            cursors[self.rank].read_into(send)
+            recv = torch.empty(chunk * self.world_size, dtype=torch.uint8, device=dev)
+            _all_gather_flat(recv, send, self.process_group)
+            for r in range(self.world_size):
+                if r == self.rank:
+                    continue
+                cursors[r].write_from(recv[r * chunk : (r + 1) * chunk])
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """This rank's shard in `Muon`'s format (only owned params have "state" entries) plus a
+        "kvl_dist" record {world_size, rank, param_owner}."""
+        sd = super().state_dict()
+        sd["kvl_dist"] = {"world_size": self.world_size, "rank": self.rank, "param_owner": list(self.param_owner)}
+        return sd
+
+    sharded_state_dict = state_dict
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Accepts a consolidated / single-process dict, or this rank's own shard, saved at any
+        world size; keeps the state of the params this rank owns now."""
+        meta = state_dict.get("kvl_dist")
+        if meta is not None and (meta["world_size"], meta["rank"], meta["param_owner"]) != (
+                self.world_size, self.rank, self.param_owner):
+            # a shard holds only its owner's states: loading it elsewhere would silently restart
+            # the other params' momentum from zero
+            raise ValueError(f"this is rank {meta['rank']}'s optimizer shard of a {meta['world_size']}-rank run; "
+                             "merge all shards with consolidate([...]) and load that instead")
+        state = {int(k): v for k, v in state_dict["state"].items()}
+        n = len(self.param_owner)
+        if any(not 0 <= k < n for k in state):
+            raise ValueError("optimizer state refers to parameters this optimizer does not have")
+        mine = {k: v for k, v in state.items() if self.param_owner[k] == self.rank}
+        super().load_state_dict({"state": mine, "param_groups": state_dict["param_groups"]})
+
+    load_consolidated = load_state_dict
+
+    def consolidated_state_dict(self, dst: int | None = 0) -> dict | None:
+        """Gather every rank's shard (tensors moved to CPU) into one single-process-format state
+        dict, returned on rank `dst` (None elsewhere); dst=None returns it on every rank.
+        Collective: every rank must call it. Loadable by `Muon.load_state_dict` and by
+        `DistMuon.load_state_dict` at any world size; contains only tensors and plain Python values.
+        """
+        shard = _to_cpu(self.state_dict())
+        if self.world_size == 1:
+            return consolidate([shard])
+        if dst is None:
+            shards: list = [None] * self.world_size
+            dist.all_gather_object(shards, shard, group=self.process_group)
+            return consolidate(shards)
+        shards = [None] * self.world_size if self.rank == dst else None
+        dist.gather_object(shard, shards, dst=dist.get_global_rank(self.process_group, dst)
+                           if self.process_group is not None else dst, group=self.process_group)
+        return consolidate(shards) if self.rank == dst else None
+
+
+def consolidate(shards: list[dict]) -> dict:
+    """Merge per-rank `DistMuon.state_dict()` shards (e.g. loaded from optim/rank{r}.pt) into the
+    single-process `Muon.state_dict()` format. No communication; checks the shards fit together."""
+    if not shards:
+        raise ValueError("no optimizer shards to consolidate")
+    groups = shards[0]["param_groups"]
+    state: dict[int, dict] = {}
+    for i, sh in enumerate(shards):
+        if [len(g["params"]) for g in sh["param_groups"]] != [len(g["params"]) for g in groups]:
+            raise ValueError(f"optimizer shard {i} has different param groups from shard 0")
+        meta = sh.get("kvl_dist")
+        for k, v in sh["state"].items():
+            k = int(k)
+            if meta is not None and meta["param_owner"][k] != meta["rank"]:
+                raise ValueError(f"optimizer shard {i} holds state for parameter {k} it does not own")
+            if k in state:
+                raise ValueError(f"parameter {k} has optimizer state in two shards")
+            state[k] = v
+    return {"state": dict(sorted(state.items())), "param_groups": groups}
+
+
+def _all_gather_flat(out: torch.Tensor, inp: torch.Tensor, group) -> None:
+    # torch 2.13 renamed all_gather_into_tensor to all_gather_single (same semantics)
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    fn(out, inp, group=group)
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
+
+
+class _ByteCursor:
+    """Walks a list of tensors as one contiguous byte stream, chunk by chunk."""
+
+    def __init__(self, tensors: list[torch.Tensor]):
+        for t in tensors:
+            if not t.is_contiguous():
+                raise ValueError("DistMuon needs contiguous parameters")
+        self.views = [t.data.reshape(-1).view(torch.uint8) for t in tensors]
+        self.i = 0  # current tensor
+        self.off = 0  # byte offset in it
+
+    def _walk(self, n: int):
+        done = 0
+        while done < n and self.i < len(self.views):
+            v = self.views[self.i]
+            take = min(n - done, v.numel() - self.off)
+            yield v[self.off : self.off + take], done, take
+            done += take
+            self.off += take
+            if self.off == v.numel():
+                self.i, self.off = self.i + 1, 0
+
+    def read_into(self, buf: torch.Tensor) -> None:
+        for src, at, n in self._walk(buf.numel()):
+            buf[at : at + n].copy_(src)
+
+    def write_from(self, buf: torch.Tensor) -> None:
+        for dst, at, n in self._walk(buf.numel()):
+            dst.copy_(buf[at : at + n])

@@ -1,0 +1,520 @@
+"""One training loop for every supervised stage of Kimi-VL (paper §2.3–2.4; training.md §2, §4).
+
+Per optimizer step: fetch this step's packed micro-batches, count the supervised tokens of the
+*global* batch (all micro-batches, all ranks), backpropagate sum-CE / that count per micro-batch,
+sum gradients across ranks, clip, step Muon (owner-sharded ZeRO-1 under torchrun), nudge the MoE
+routers' correction biases from the observed expert load (aux-loss-free balancing), log.
+
+Checkpoints are directories `step_000123/` in the run folder (HF-layout weights + tokenizer and
+processor files + `trainer_state.json` + `optimizer.pt`), written to a hidden temporary folder and
+renamed into place, so a crash mid-save never damages the previous checkpoint. Resuming restores
+weights, optimizer, data position and RNG states: the following losses equal an uninterrupted
+run's. Frozen parts (e.g. the LLM in `align`) get no optimizer state and stay bitwise unchanged.
+
+The loop reports through a callback (`on_event(kind, info)`); the CLI turns it into a progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from kvl_core.config import preset as config_preset
+from kvl_core.errors import KvlError
+from kvl_core.model import KimiVLForConditionalGeneration
+from kvl_core.training import stages as stage_recipes
+
+SIDE_FILES = ("tiktoken.model", "tokenizer_config.json", "preprocessor_config.json", "generation_config.json")
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "sft"
+    out: str = "runs/sft"
+    data: list[str] = field(default_factory=list)  # JSONL files, optionally NAME=PATH or PATH:WEIGHT
+    eval_data: list[str] = field(default_factory=list)
+    model: str | None = None  # start from this checkpoint (stage N-1's output) ...
+    preset: str | None = None  # ... or from a fresh model of this preset
+    steps: int = 100
+    lr: float | None = None  # peak LR of the first phase (the recipe's by default)
+    seq_len: int | None = None  # first phase's sequence length (the recipe's by default)
+    batch_tokens: int | None = None  # tokens per optimizer step over all ranks (default: 8 rows)
+    micro_rows: int = 1  # rows per forward pass: the memory knob, not the math
+    seed: int = 0
+    resume: bool = False
+    save_every: int = 0  # 0: only at the end
+    keep: int = 2  # checkpoints kept (the final one always stays)
+    eval_every: int = 0
+    eval_batches: int = 4
+    optimizer: str = "muon"  # muon | adamw
+    ns_dtype: str = "auto"  # Newton-Schulz precision: bf16 where matmuls are native bf16, else fp32
+    data_policy: str = "stop"  # stop | skip  (malformed JSONL lines)
+    overlong: str = "truncate"  # truncate | drop  (samples longer than the context)
+    device: str = "auto"
+    plot: bool = True
+    stop_after: int | None = None  # end the process after this many steps (tests simulate a crash)
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (a folder is complete once renamed into place)."""
+    return sorted(p for p in out.glob("step_*") if p.is_dir() and (p / "trainer_state.json").exists())
+
+
+def init_weights(model: torch.nn.Module, std: float, seed: int) -> None:
+    """Fresh-model init: N(0, std) matrices and embeddings, zero biases, unit norms, zero router bias."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("e_score_correction_bias") or (p.dim() == 1 and "norm" not in name):
+                p.zero_()
+            elif p.dim() == 1:
+                p.fill_(1.0)
+            elif "pos_emb" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def set_trainable(model: torch.nn.Module, prefixes: list[str]) -> list[str]:
+    """requires_grad only under the given module prefixes ("*" = all). Returns the frozen prefixes."""
+    everything = "*" in prefixes
+    for name, p in model.named_parameters():
+        if name.endswith("e_score_correction_bias"):
+            p.requires_grad_(False)  # moved by load balancing, never by gradients
+            continue
+        p.requires_grad_(everything or any(name.startswith(pre + ".") for pre in prefixes))
+    return [] if everything else sorted({n.split(".")[0] for n, p in model.named_parameters() if not p.requires_grad})
+
+
+class ExpertLoad:
+    """Counts tokens per routed expert during forward passes (for aux-loss-free bias updates)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.gates = [(name, m) for name, m in model.named_modules() if type(m).__name__ == "MoEGate"]
+        self.counts = {name: torch.zeros(m.n_experts, dtype=torch.float64) for name, m in self.gates}
+        self.handles = [m.register_forward_hook(self._hook(name)) for name, m in self.gates]
+
+    def _hook(self, name):
+        def hook(mod, inp, out):
+            if mod.training:
+                self.counts[name] += torch.bincount(out[0].flatten().cpu(), minlength=mod.n_experts).double()
+        return hook
+
+    def update_biases(self, rate: float, reduce: Callable[[torch.Tensor], torch.Tensor]) -> float:
+        """b_i += u * (sign(e_i) - mean(sign(e))), e_i = mean load - load_i (Moonlight App. C).
+        Returns the max load / mean load imbalance seen this step (1.0 = perfectly balanced)."""
+        worst = 1.0
+        for name, gate in self.gates:
+            load = reduce(self.counts[name].clone())
+            if load.sum() > 0:
+                worst = max(worst, float(load.max() / load.mean()))
+                if rate > 0:
+                    s = torch.sign(load.mean() - load)
+                    with torch.no_grad():
+                        gate.e_score_correction_bias.add_((rate * (s - s.mean())).to(gate.e_score_correction_bias))
+            self.counts[name].zero_()
+        return worst
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2], "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- the trainer ------------------------------------------------------------------------------
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, on_event: Callable[[str, dict], None] | None = None):
+        from kvl_core.training import distributed as dist
+
+        self.cfg = cfg
+        self.emit = on_event or (lambda kind, info: None)
+        self.dist = dist
+        dist.init_distributed()
+        self.rank, self.world = dist.rank(), dist.world()
+        self.device = _device(cfg.device)
+        self.out = Path(cfg.out)
+        self.stage = stage_recipes.override(stage_recipes.stage(cfg.stage), seq_len=cfg.seq_len, lr=cfg.lr)
+        if cfg.steps <= 0:
+            raise KvlError("--steps must be positive")
+        if not cfg.data:
+            raise KvlError("no training data: pass --data FILE.jsonl (see the README for the JSONL layout)")
+        self.step = 0
+        self._load_model()
+        self._build_optimizer()
+        self._build_data()
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+
+    # ---- set-up -------------------------------------------------------------------------------
+
+    def _load_model(self) -> None:
+        from kvl_core.processor.chat import Processor
+        from kvl_core.processor.image import ImageProcessor
+        from kvl_core.processor.tokenizer import save_byte_level_tokenizer
+
+        cfg = self.cfg
+        existing = checkpoints(self.out) if self.out.exists() else []
+        self.resume_from = existing[-1] if (cfg.resume and existing) else None
+        if cfg.resume and not existing:
+            self.emit("note", {"text": f"no checkpoint in {self.out} yet: starting from the beginning"})
+        if existing and not cfg.resume:
+            raise KvlError(f"{self.out}: holds checkpoints of an earlier run; pass --resume to continue it "
+                           "or choose another --out")
+        source = self.resume_from or (Path(cfg.model) if cfg.model else None)
+        if source is not None:
+            self.model = KimiVLForConditionalGeneration.from_pretrained(source, dtype=torch.float32, device=self.device)
+            self.side_dir = Path(self.model.name_or_path)
+        elif cfg.preset:
+            mcfg = config_preset(cfg.preset)
+            mcfg.torch_dtype = "float32"
+            torch.manual_seed(cfg.seed)
+            self.model = KimiVLForConditionalGeneration(mcfg)
+            init_weights(self.model, mcfg.text.initializer_range, cfg.seed)
+            self.model.to(self.device)
+            self.side_dir = self.out / ".tokenizer"
+            if self.rank == 0:
+                save_byte_level_tokenizer(self.side_dir, mcfg.text.vocab_size)
+                ip = ImageProcessor(in_token_limit=256 if cfg.preset == "tiny" else 4096)
+                (self.side_dir / "preprocessor_config.json").write_text(json.dumps(ip.to_dict(), indent=1))
+            self.dist.barrier()
+        else:
+            raise KvlError("say what to train: --model CHECKPOINT (the previous stage's output) or --preset NAME")
+        self.model.train()
+        self.processor = Processor.from_pretrained(self.side_dir)
+        phases = self.stage.phases
+        # Long-context stages set a new RoPE base and need positions up to their longest phase.
+        t = self.model.config.text
+        t.max_position_embeddings = max(t.max_position_embeddings, max(p.seq_len for p in phases))
+        self.frozen = set_trainable(self.model, self.stage.trainable if self.stage.loss == "lm" else ["vision_tower"])
+        self.coca = None
+        if self.stage.loss == "coca":
+            from kvl_core.training.coca import CoCaConfig, CoCaHeads
+
+            torch.manual_seed(cfg.seed + 1)
+            self.coca = CoCaHeads(CoCaConfig(vocab_size=self.processor.tokenizer.vocab_size,
+                                             vision_hidden=self.model.config.vision.hidden_size,
+                                             pad_id=self.processor.tokenizer.pad_id)).to(self.device)
+        self.expert_load = ExpertLoad(self.model)
+
+    def _trainable_modules(self) -> list[torch.nn.Module]:
+        return [self.model] + ([self.coca] if self.coca is not None else [])
+
+    def _build_optimizer(self) -> None:
+        from kvl_core.training.muon import param_groups_for
+
+        cfg = self.cfg
+        groups = []
+        for m in self._trainable_modules():
+            groups += param_groups_for(m, lr=self.stage.phases[0].lr_peak, weight_decay=self.stage.weight_decay,
+                                       ns_dtype=cfg.ns_dtype, adamw_only=cfg.optimizer == "adamw")
+        groups = [g for g in groups if g["params"]]
+        if not groups:
+            raise KvlError(f"stage {self.stage.name}: nothing is trainable")
+        if cfg.optimizer not in ("muon", "adamw"):
+            raise KvlError(f"unknown optimizer {cfg.optimizer!r}; use muon or adamw")
+        # Owner-sharded ZeRO-1 under torchrun; at world 1 it is exactly the single-process Muon.
+        self.optimizer = self.dist.DistMuon(groups)
+
+    def _sources(self, specs: list[str]):
+        """`[TAG=]PATH[:WEIGHT]`: the tag names a mixture group (e.g. `long=` for longctx)."""
+        from kvl_core.training.data import Source
+
+        sources = []
+        for spec in specs:
+            tag, _, rest = spec.partition("=") if "=" in spec else ("", "", spec)
+            path, weight = rest, 1.0
+            head, _, tail = rest.rpartition(":")
+            if head and tail.replace(".", "", 1).isdigit():
+                path, weight = head, float(tail)
+            sources.append(Source(path, weight=weight, name=tag or None, tags=(tag,) if tag else ()))
+        return sources
+
+    def _mixture(self) -> dict:
+        st, total = self.stage, self.cfg.steps
+        if st.multimodal_ratio is not None:
+            return {"ratio": lambda s: st.multimodal_share(s, total), "ratio_tag": "multimodal"}
+        if st.long_ratio is not None:
+            return {"ratio": lambda s: st.long_ratio, "ratio_tag": "long"}
+        return {}
+
+    def _stream(self, specs: list[str], seq_len: int, seed: int):
+        from kvl_core.training.data import Stream
+
+        return Stream(self._sources(specs), self.processor, seq_len=seq_len, batch_rows=self._rows_per_step(seq_len),
+                      seed=seed, supervise=self.stage.supervise, world_size=self.world, rank=self.rank,
+                      policy=self.cfg.data_policy, overlong=self.cfg.overlong,
+                      kind="caption" if self.stage.loss == "coca" else None, **self._mixture())
+
+    def _build_data(self) -> None:
+        self.phase_index = -1
+        self.stream = None
+        self._ensure_phase()
+
+    def _rows_per_step(self, seq_len: int) -> int:
+        """Rows of the global batch: a function of the config alone, never of the world size, so that
+        1 and N processes train on identical batches."""
+        tokens = self.cfg.batch_tokens or 8 * seq_len
+        rows = max(1, tokens // seq_len)
+        if rows % self.world:
+            raise KvlError(f"a global batch of {rows} rows of {seq_len} tokens cannot be split evenly over "
+                           f"{self.world} processes; make --batch-tokens a multiple of {seq_len * self.world}")
+        return rows
+
+    def _ensure_phase(self) -> None:
+        """Build the data stream for the phase of the current step (sequence lengths differ per phase)."""
+        phase, _, _ = self.stage.phase_at(self.step, self.cfg.steps)
+        idx = self.stage.phases.index(phase)
+        if idx == self.phase_index:
+            return
+        state = self.stream.state_dict() if self.stream is not None else None
+        if phase.rope_theta is not None:
+            self.model.config.text.rope_theta = phase.rope_theta
+        self.stream = self._stream(self.cfg.data, phase.seq_len, self.cfg.seed)
+        if state is not None:
+            self.stream.load_state_dict(state)
+        self.phase_index = idx
+        self.emit("phase", {"phase": phase.name, "seq_len": phase.seq_len, "rope_theta": self.model.config.text.rope_theta})
+
+    # ---- the step -----------------------------------------------------------------------------
+
+    def _forward_loss(self, mb) -> torch.Tensor:
+        """Summed loss of one micro-batch (CE over supervised tokens, or the CoCa objective)."""
+        dev = self.device
+        if self.coca is not None:
+            feats = self.model.vision_tower(mb.pixel_values.to(dev), mb.image_grid_hws.to(dev))
+            out = self.coca(feats, mb.image_grid_hws.to(dev), mb.caption_ids.to(dev), self.stage.caption_weight)
+            self._coca_parts = out
+            return out["loss"] * len(mb.caption_ids)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _nullcontext()
+        with autocast:
+            logits = self.model(
+                mb.input_ids.to(dev),
+                pixel_values=mb.pixel_values.to(dev) if mb.pixel_values is not None else None,
+                image_grid_hws=mb.image_grid_hws.to(dev) if mb.image_grid_hws is not None else None,
+                position_ids=mb.position_ids.to(dev), doc_ids=mb.doc_ids.to(dev),
+            ).logits
+        return F.cross_entropy(logits.flatten(0, 1).float(), mb.labels.to(dev).flatten(), ignore_index=-100,
+                               reduction="sum")
+
+    def train_step(self) -> dict[str, float]:
+        self._ensure_phase()
+        lr = self.stage.lr_at(self.step, self.cfg.steps)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        batch = self.stream.next_batch()
+        micro = batch.split(self.cfg.micro_rows)
+        # the loss denominator is the supervised count of the *global* batch, so every rank's gradient
+        # sums to exactly the single-process gradient
+        n_global = float(batch.global_n_images if self.coca is not None else batch.global_n_supervised)
+        if n_global == 0:
+            raise KvlError("a training step had no supervised tokens; check --stage (sft masks all but answers) "
+                           "and the data")
+        t0 = time.perf_counter()
+        loss_sum = 0.0
+        for mb in micro:
+            loss = self._forward_loss(mb)
+            (loss / n_global).backward()
+            loss_sum += float(loss.detach())
+        params = [p for m in self._trainable_modules() for p in m.parameters() if p.requires_grad]
+        # Also at world 1: it gives experts that no token chose a zero gradient, as every rank > 1
+        # must (so that 1 and N processes update identically).
+        self.dist.all_reduce_grads(params, op="sum")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.stage.grad_clip)) if self.stage.grad_clip else 0.0
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        trains_lm = "*" in self.stage.trainable or "language_model" in self.stage.trainable
+        imbalance = self.expert_load.update_biases(self.stage.moe_bias_update if trains_lm else 0.0,
+                                                   self.dist.all_reduce_sum)
+        dt = time.perf_counter() - t0
+        tokens = float(getattr(batch, "global_n_tokens", batch.n_tokens))
+        self.step += 1
+        return {"step": self.step, "loss": self.dist.all_reduce_scalar(loss_sum) / n_global, "lr": lr,
+                "grad_norm": grad_norm, "tokens": tokens, "supervised": n_global, "tok_s": tokens / max(dt, 1e-9),
+                "step_s": dt, "expert_imbalance": imbalance}
+
+    def _count(self, mb) -> int:
+        return len(mb.caption_ids) if self.coca is not None else int(mb.n_supervised)
+
+    # ---- eval ---------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        if not self.cfg.eval_data:
+            return None
+        phase, _, _ = self.stage.phase_at(max(0, self.step - 1), self.cfg.steps)
+        stream = self._stream(self.cfg.eval_data, phase.seq_len, self.cfg.seed + 12345)
+        self.model.eval()
+        total, count = 0.0, 0.0
+        for _ in range(self.cfg.eval_batches):
+            batch = stream.next_batch()
+            total += float(self._forward_loss(batch))
+            count += self._count(batch)
+        self.model.train()
+        return self.dist.all_reduce_scalar(total) / max(1.0, self.dist.all_reduce_scalar(count))
+
+    # ---- checkpoints --------------------------------------------------------------------------
+
+    def save(self, final: bool = False) -> Path | None:
+        """Write step_NNNNNN/ atomically (rank 0 writes; every rank contributes optimizer state)."""
+        opt_state = self.optimizer.consolidated_state_dict()  # a collective: every rank takes part
+        state = {"step": self.step, "stage": self.stage.name, "config": asdict(self.cfg),
+                 "data": self.stream.state_dict(), "phase_index": self.phase_index,
+                 "rope_theta": self.model.config.text.rope_theta}
+        if self.rank != 0:
+            self.dist.barrier()
+            return None
+        self.out.mkdir(parents=True, exist_ok=True)
+        final_dir = self.out / f"step_{self.step:06d}"
+        tmp = self.out / f".tmp_step_{self.step:06d}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(tmp)
+        for name in SIDE_FILES:
+            if (self.side_dir / name).exists():
+                shutil.copy2(self.side_dir / name, tmp / name)
+        if self.coca is not None:
+            from kvl_core.checkpoint import save_state_dict
+
+            (tmp / "coca").mkdir()
+            save_state_dict(self.coca, tmp / "coca")
+        torch.save({"optimizer": opt_state, "rng": _rng_state()}, tmp / "optimizer.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        os.replace(tmp, final_dir)
+        for old in checkpoints(self.out)[: -self.cfg.keep] if self.cfg.keep > 0 else []:
+            if old != final_dir:
+                shutil.rmtree(old, ignore_errors=True)
+        self.dist.barrier()
+        self.emit("save", {"path": str(final_dir)})
+        return final_dir
+
+    def _restore(self, ckpt: Path) -> None:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        if state["stage"] != self.stage.name:
+            raise KvlError(f"{ckpt}: is a checkpoint of stage {state['stage']!r}, not {self.stage.name!r}")
+        self.step = int(state["step"])
+        self.model.config.text.rope_theta = state.get("rope_theta", self.model.config.text.rope_theta)
+        blob = torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu")
+        self.optimizer.load_state_dict(blob["optimizer"])
+        _set_rng_state(blob["rng"])
+        if self.coca is not None:
+            from kvl_core.checkpoint import load_into
+
+            load_into(self.coca, ckpt / "coca", dtype=torch.float32, device=self.device)
+        self.phase_index = -1
+        self._ensure_phase()
+        self.stream.load_state_dict(state["data"])
+        self.emit("note", {"text": f"resumed from {ckpt} at step {self.step}"})
+
+    # ---- the run ------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        metrics_path = self.out / "metrics.jsonl"
+        if self.rank == 0:
+            _truncate_metrics(metrics_path, self.step)
+        self.emit("start", {"steps": cfg.steps, "step": self.step, "stage": self.stage.name,
+                            "frozen": sorted(self.frozen), "world": self.world})
+        last: dict[str, Any] = {}
+        while self.step < cfg.steps:
+            last = self.train_step()
+            if cfg.eval_every and self.step % cfg.eval_every == 0:
+                last["eval_loss"] = self.evaluate()
+            if self.rank == 0:
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps(last) + "\n")
+            self.emit("step", last)
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                self.save()
+            if cfg.stop_after is not None and self.step >= cfg.stop_after:
+                return {"stopped_at": self.step}
+        if "eval_loss" not in last and cfg.eval_data:
+            last["eval_loss"] = self.evaluate()
+        path = self.save(final=True)
+        if self.rank == 0 and path is not None:
+            final = self.out / "final"
+            tmp = self.out / ".tmp_final"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(path, tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            if cfg.plot:
+                plot_metrics(metrics_path, self.out / "loss.png", title=f"kvl train --stage {self.stage.name}")
+        summary = {"final": str(self.out / "final"), "steps": self.step, **{k: last.get(k) for k in ("loss", "eval_loss")}}
+        self.emit("end", summary)
+        return summary
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop lines logged after the checkpoint so the file reads as one uninterrupted run."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def plot_metrics(metrics: Path, png: Path, title: str = "") -> Path | None:
+    """Loss (and eval loss, lr) curves as a PNG; skipped quietly when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    a.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss")
+    ev = [r for r in rows if r.get("eval_loss") is not None]
+    if ev:
+        a.plot([r["step"] for r in ev], [r["eval_loss"] for r in ev], "o-", label="eval loss")
+    a.set_xlabel("step"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
+    b.plot([r["step"] for r in rows], [r["lr"] for r in rows], color="tab:orange")
+    b.set_xlabel("step"), b.set_ylabel("learning rate"), b.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def train(cfg: TrainConfig, on_event: Callable[[str, dict], None] | None = None) -> dict[str, Any]:
+    return Trainer(cfg, on_event).run()
