@@ -208,6 +208,7 @@ class Trainer:
             raise KvlError("say what to train: --model CHECKPOINT (the previous stage's output) or --preset NAME")
         self.model.train()
         self.processor = Processor.from_pretrained(self.side_dir)
+        self._native_limit = self.processor.image_processor.in_token_limit
         phases = self.stage.phases
         # Long-context stages set a new RoPE base and need positions up to their longest phase.
         t = self.model.config.text
@@ -323,8 +324,21 @@ class Trainer:
         return F.cross_entropy(logits.flatten(0, 1).float(), mb.labels.to(dev).flatten(), ignore_index=-100,
                                reduction="sum")
 
+    def _image_budget(self) -> int | None:
+        """Progressive resolution (vit stage): the max patches per image grows linearly over the stage,
+        from the recipe's start to its end, capped by the checkpoint's own limit."""
+        if self.stage.progressive_resolution is None:
+            return None
+        lo, hi = self.stage.progressive_resolution
+        hi = min(hi, self._native_limit)
+        lo = min(lo, hi)
+        return int(lo + (hi - lo) * self.step / max(1, self.cfg.steps - 1))
+
     def train_step(self) -> dict[str, float]:
         self._ensure_phase()
+        budget = self._image_budget()
+        if budget is not None:
+            self.processor.image_processor.in_token_limit = budget
         lr = self.stage.lr_at(self.step, self.cfg.steps)
         for g in self.optimizer.param_groups:
             g["lr"] = lr * g.get("lr_scale", 1.0)
@@ -355,7 +369,8 @@ class Trainer:
         dt = time.perf_counter() - t0
         tokens = float(getattr(batch, "global_n_tokens", batch.n_tokens))
         self.step += 1
-        return {"step": self.step, "loss": self.dist.all_reduce_scalar(loss_sum) / n_global, "lr": lr,
+        extra = {"image_budget": budget} if budget is not None else {}
+        return {**extra, "step": self.step, "loss": self.dist.all_reduce_scalar(loss_sum) / n_global, "lr": lr,
                 "grad_norm": grad_norm, "tokens": tokens, "supervised": n_global, "tok_s": tokens / max(dt, 1e-9),
                 "step_s": dt, "expert_imbalance": imbalance}
 

@@ -208,3 +208,26 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, data):
     assert diff <= 1e-5, diff
     la, lb = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert len(la) == len(lb) == 3 and max(abs(x - y) for x, y in zip(la, lb)) < 1e-4
+
+
+def test_vit_stage_samples_images_at_growing_resolution(tmp_path, data):
+    big = tmp_path / "big"
+    big.mkdir()
+    Image.new("RGB", (448, 448), (10, 120, 200)).save(big / "b.png")  # 1024 patches at native size
+    (big / "cap.jsonl").write_text("".join(json.dumps({"image": "b.png", "caption": f"blue {i}"}) + "\n" for i in range(8)))
+    c = cfg(tmp_path, data, "vit", ["caption"], steps=4, out=str(tmp_path / "vit"))
+    c.data = [str(big / "cap.jsonl")]
+    trainer = Trainer(c)
+    trainer.stage.progressive_resolution = (64, 4096)  # the tiny processor caps the end at 256 patches
+    patches = []
+    fetch = trainer.stream.next_batch
+
+    def spy():
+        batch = fetch()
+        patches.append(int((batch.image_grid_hws[:, 0] * batch.image_grid_hws[:, 1]).max()))
+        return batch
+
+    trainer.stream.next_batch = spy
+    for _ in range(4):
+        trainer.train_step()
+    assert patches == sorted(patches) and patches[0] <= 64 < patches[-1] <= 256, patches
