@@ -37,31 +37,9 @@ def mid_config() -> TextConfig:
 
 
 def hf_copy(cfg: TextConfig, ours: DeepseekV3ForCausalLM):
-    import transformers
+    from kvl_core.model.hf_compat import to_transformers
 
-    hf_cfg = transformers.DeepseekV3Config(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-        moe_intermediate_size=cfg.moe_intermediate_size, num_hidden_layers=cfg.num_hidden_layers,
-        num_attention_heads=cfg.num_attention_heads, num_key_value_heads=cfg.num_key_value_heads,
-        n_shared_experts=cfg.n_shared_experts, n_routed_experts=cfg.n_routed_experts,
-        routed_scaling_factor=cfg.routed_scaling_factor, kv_lora_rank=cfg.kv_lora_rank, q_lora_rank=None,
-        qk_rope_head_dim=cfg.qk_rope_head_dim, v_head_dim=cfg.v_head_dim, qk_nope_head_dim=cfg.qk_nope_head_dim,
-        n_group=1, topk_group=1, num_experts_per_tok=cfg.num_experts_per_tok,
-        first_k_dense_replace=cfg.first_k_dense_replace, norm_topk_prob=True, rms_norm_eps=cfg.rms_norm_eps,
-        max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, num_nextn_predict_layers=0,
-    )
-    hf_cfg._attn_implementation = "sdpa"
-    hf = transformers.DeepseekV3ForCausalLM(hf_cfg).eval()
-    sd = {k: v for k, v in ours.state_dict().items() if ".mlp.experts." not in k}
-    for i, layer in enumerate(ours.model.layers):
-        if hasattr(layer.mlp, "experts"):
-            ex = layer.mlp.experts
-            sd[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.stack(
-                [torch.cat([e.gate_proj.weight, e.up_proj.weight]) for e in ex])
-            sd[f"model.layers.{i}.mlp.experts.down_proj"] = torch.stack([e.down_proj.weight for e in ex])
-    hf.load_state_dict(sd, strict=False)
-    return hf
+    return to_transformers(ours, attn_implementation="sdpa")
 
 
 def timed(fn, repeat=1):

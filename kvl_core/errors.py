@@ -3,3 +3,18 @@
 
 class KvlError(Exception):
     """A problem with the user's input or environment, phrased for the user: name the file and the problem."""
+
+
+def read_user_file(path, label: str | None = None, what: str = "a file") -> bytes:
+    """The bytes of a file a user named, or a KvlError saying in one line why it cannot be read."""
+    from pathlib import Path
+
+    label = label or str(path)
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise KvlError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise KvlError(f"{label}: is a directory, not {what}") from None
+    except OSError as e:
+        raise KvlError(f"{label}: cannot read file ({e.strerror or e})") from None

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from kvl_core.errors import KvlError
+from kvl_core.errors import KvlError, read_user_file
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
 
@@ -86,15 +86,7 @@ def load_image(
             if s.startswith("file://"):
                 s = s[len("file://"):]
             label = name or s
-            path = Path(s)
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                raise KvlError(f"{label}: no such file") from None
-            except IsADirectoryError:
-                raise KvlError(f"{label}: is a directory, not an image") from None
-            except OSError as e:
-                raise KvlError(f"{label}: cannot read file ({e.strerror or e})") from None
+            data = read_user_file(s, label, "an image")
     else:
         raise KvlError(f"{name or 'image'}: unsupported image source of type {type(src).__name__}")
 

@@ -62,7 +62,7 @@ from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
 import torch
 
-from kvl_core.errors import KvlError
+from kvl_core.errors import KvlError, read_user_file
 
 log = logging.getLogger("kvl.data")
 
@@ -170,14 +170,7 @@ def read_samples(source: Source | str | os.PathLike, policy: str = "stop",
     stats = stats if stats is not None else DataStats()
     path = Path(source.path)
     label = str(source.path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise KvlError(f"{label}: no such file") from None
-    except IsADirectoryError:
-        raise KvlError(f"{label}: is a directory, not a JSONL file") from None
-    except OSError as e:
-        raise KvlError(f"{label}: cannot read file ({e.strerror or e})") from None
+    raw = read_user_file(path, label, "a JSONL file")
     base = path.parent
     out: list[Sample] = []
     bad = 0
