@@ -94,9 +94,23 @@ def _command_names(app: typer.Typer) -> set[str]:
 def add_tasks(app: typer.Typer) -> None:
     """Add every `kvl.tasks` entry point to `app`: a Typer becomes a group, a function a command."""
     for name, obj in load_group(TASKS, reserved=_command_names(app)).items():
-        if isinstance(obj, typer.Typer):
-            app.add_typer(obj, name=name)
-        elif callable(obj):
-            app.command(name)(obj)
-        else:
+        if not isinstance(obj, typer.Typer) and not callable(obj):
             _warn_once(f"plugin '{name}' skipped: expected a typer.Typer or a function, got {type(obj).__name__}")
+            continue
+        try:
+            # typer builds commands lazily, so a signature it cannot handle would only fail when the
+            # whole CLI runs; build this plugin alone first so that one bad plugin cannot break kvl.
+            probe = typer.Typer()
+            _attach(probe, name, obj)
+            typer.main.get_command(probe)
+        except Exception as e:  # noqa: BLE001 -- any failure here is the plugin's, not ours
+            _warn_once(f"plugin '{name}' skipped: its command cannot be built ({type(e).__name__}: {e})")
+            continue
+        _attach(app, name, obj)
+
+
+def _attach(app: typer.Typer, name: str, obj) -> None:
+    if isinstance(obj, typer.Typer):
+        app.add_typer(obj, name=name)
+    else:
+        app.command(name)(obj)

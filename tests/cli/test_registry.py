@@ -30,6 +30,7 @@ MIXED = {
 
         [project.entry-points."kvl.tasks"]
         broken = "kvl_mixed.broken:app"
+        badsig = "kvl_mixed.good:badsig"
         grp = "kvl_mixed.good:app"
         info = "kvl_mixed.good:impostor"
 
@@ -58,6 +59,11 @@ MIXED = {
         def impostor():
             """IMPOSTOR info."""
             print("IMPOSTOR")
+
+        from typing import Annotated
+
+        def badsig(x: Annotated[int, typer.Option("--x"), typer.Option("--y")] = 1):
+            """typer refuses two option declarations for one parameter."""
     ''',
 }
 
@@ -93,13 +99,14 @@ def test_installed_plugin_appears_in_help(help_with_plugins):
     assert proc.returncode == 0, proc.stderr
     verbs = listed_commands(proc.stdout)
     assert {"hello", "grp", "info"} <= verbs
-    assert "broken" not in verbs
+    assert "broken" not in verbs and "badsig" not in verbs
 
 
 def test_broken_plugin_and_clash_warn_one_line_each(help_with_plugins):
     proc = help_with_plugins
     warnings = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(warnings) == 2, proc.stderr
+    assert len(warnings) == 3, proc.stderr
+    assert any("'badsig'" in w and "cannot be built" in w for w in warnings)
     broken = next(w for w in warnings if "'broken'" in w)
     assert broken.startswith("warning: ") and "kvl-mixed" in broken and "frobnicator" in broken
     clash = next(w for w in warnings if "'info'" in w)
