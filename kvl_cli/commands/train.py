@@ -88,3 +88,6 @@ class _Reporter:
             self.progress.console.print(f"[dim]{kind}: {text}[/]")
         elif kind == "end":
             self.progress.console.print(f"[green]done[/]: {info['final']} (loss {info.get('loss')})")
+            counts = {k: v for k, v in info.get("data", {}).items() if k in ("truncated", "dropped", "skipped", "read_skipped") and v}
+            if counts:
+                self.progress.console.print("[yellow]data:[/] " + ", ".join(f"{v} samples {k.replace('_', ' ')}" for k, v in counts.items()))

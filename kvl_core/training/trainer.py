@@ -352,10 +352,17 @@ class Trainer:
                            "and the data")
         t0 = time.perf_counter()
         loss_sum = 0.0
-        for mb in micro:
-            loss = self._forward_loss(mb)
-            (loss / n_global).backward()
-            loss_sum += float(loss.detach())
+        try:
+            for mb in micro:
+                loss = self._forward_loss(mb)
+                (loss / n_global).backward()
+                loss_sum += float(loss.detach())
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+            if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
+                raise
+            rows = micro[0].rows if hasattr(micro[0], "rows") else "?"
+            raise KvlError(f"out of memory at step {self.step + 1} ({rows} rows x {self.stream.seq_len} tokens per "
+                           "forward): lower --micro-rows, --seq-len or --batch-tokens, or add GPUs (torchrun)") from None
         params = [p for m in self._trainable_modules() for p in m.parameters() if p.requires_grad]
         # Also at world 1: it gives experts that no token chose a zero gradient, as every rank > 1
         # must (so that 1 and N processes update identically).
@@ -483,7 +490,8 @@ class Trainer:
             os.replace(tmp, final)
             if cfg.plot:
                 plot_metrics(metrics_path, self.out / "loss.png", title=f"kvl train --stage {self.stage.name}")
-        summary = {"final": str(self.out / "final"), "steps": self.step, **{k: last.get(k) for k in ("loss", "eval_loss")}}
+        summary = {"final": str(self.out / "final"), "steps": self.step, **{k: last.get(k) for k in ("loss", "eval_loss")},
+                   "data": self.stream.stats.as_dict()}  # tokens, truncated/dropped/skipped samples
         self.emit("end", summary)
         return summary
 

@@ -231,3 +231,19 @@ def test_vit_stage_samples_images_at_growing_resolution(tmp_path, data):
     for _ in range(4):
         trainer.train_step()
     assert patches == sorted(patches) and patches[0] <= 64 < patches[-1] <= 256, patches
+
+
+def test_out_of_memory_becomes_a_hint(tmp_path, data, monkeypatch):
+    trainer = Trainer(cfg(tmp_path, data, "sft", ["chat"], steps=2, out=str(tmp_path / "oom")))
+
+    def explode(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer.model, "forward", explode)
+    with pytest.raises(KvlError, match="out of memory at step 1 .*lower --micro-rows"):
+        trainer.train_step()
+
+
+def test_summary_counts_truncated_samples(tmp_path, data):
+    summary = train(cfg(tmp_path, data, "pretrain", ["text"], steps=2, seq_len=16, out=str(tmp_path / "trunc")))
+    assert summary["data"]["truncated"] > 0  # texts of 17-49 tokens cut to 16
