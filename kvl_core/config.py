@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kvl_core.errors import KvlError
+from kvl_core.errors import KvlError, read_json_object
 
 
 @dataclass
@@ -180,15 +180,7 @@ class KimiVLConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> "KimiVLConfig":
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise KvlError(f"{path}: no such file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise KvlError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise KvlError(f"{path}: expected a JSON object")
-        return cls.from_hf_dict(d, source=str(path))
+        return cls.from_hf_dict(read_json_object(path), source=str(path))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_hf_dict(), indent=2) + "\n")

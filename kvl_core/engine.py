@@ -11,14 +11,13 @@ Messages use the chat layout of kvl_core/processor/chat.py:
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from kvl_core.errors import KvlError
+from kvl_core.errors import KvlError, read_json_object
 from kvl_core.generation import SamplingParams, generate
 from kvl_core.processor.chat import Message, Processor, split_thinking
 
@@ -73,10 +72,7 @@ class Engine:
         defaults = {}
         gen_cfg = Path(model.name_or_path) / "generation_config.json"
         if gen_cfg.exists():
-            try:
-                defaults = json.loads(gen_cfg.read_text())
-            except json.JSONDecodeError as e:
-                raise KvlError(f"{gen_cfg}: not valid JSON ({e})") from None
+            defaults = read_json_object(gen_cfg)
         name = str(spec) if spec is not None else path.name
         return cls(model, processor, defaults, name=name)
 

@@ -18,3 +18,18 @@ def read_user_file(path, label: str | None = None, what: str = "a file") -> byte
         raise KvlError(f"{label}: is a directory, not {what}") from None
     except OSError as e:
         raise KvlError(f"{label}: cannot read file ({e.strerror or e})") from None
+
+
+def read_json_object(path, label: str | None = None) -> dict:
+    """A JSON file holding one object (config.json and friends), or a one-line KvlError."""
+    import json
+
+    label = label or str(path)
+    raw = read_user_file(path, label, "a JSON file")
+    try:
+        d = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise KvlError(f"{label}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise KvlError(f"{label}: expected a JSON object")
+    return d

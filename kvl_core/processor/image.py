@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import math
 import os
 import warnings
@@ -32,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from kvl_core.errors import KvlError, read_user_file
+from kvl_core.errors import KvlError, read_json_object, read_user_file
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
 
@@ -263,15 +262,7 @@ class ImageProcessor:
         path = Path(model_dir) / "preprocessor_config.json"
         if not path.is_file():
             return cls()
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise KvlError(f"{path}: not valid JSON ({e})") from None
-        except OSError as e:
-            raise KvlError(f"{path}: cannot read file ({e.strerror or e})") from None
-        if not isinstance(d, dict):
-            raise KvlError(f"{path}: expected a JSON object")
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(read_json_object(path), source=str(path))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "preprocessor_config.json") -> "ImageProcessor":

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import tiktoken
 
-from kvl_core.errors import KvlError
+from kvl_core.errors import KvlError, read_json_object
 
 # Pre-tokeniser regex, alternatives in the order of model.md §8 (`&&` = class intersection, understood by
 # tiktoken's Rust regex engine).
@@ -120,16 +120,7 @@ def load_bpe_ranks(path: str | os.PathLike) -> dict[bytes, int]:
 def load_special_tokens(path: str | os.PathLike) -> dict[int, str]:
     """`added_tokens_decoder` of a `tokenizer_config.json` as {id: name}."""
     path = Path(path)
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KvlError(f"{path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise KvlError(f"{path}: not valid JSON ({e})") from None
-    except OSError as e:
-        raise KvlError(f"{path}: cannot read file ({e.strerror or e})") from None
-    if not isinstance(d, dict):
-        raise KvlError(f"{path}: expected a JSON object")
+    d = read_json_object(path)
     dec = d.get("added_tokens_decoder", {})
     if not isinstance(dec, dict):
         raise KvlError(f"{path}: added_tokens_decoder must be an object")
