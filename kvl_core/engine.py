@@ -66,6 +66,9 @@ class Engine:
         from kvl_core.hub import resolve_model
         from kvl_core.model import KimiVLForConditionalGeneration
 
+        from kvl_core.processor.image import steady_memory
+
+        steady_memory()  # long runs preprocess thousands of images: keep RSS flat (see its docstring)
         path = resolve_model(str(spec) if spec is not None else None)
         model = KimiVLForConditionalGeneration.from_pretrained(path, dtype=dtype, device=device)
         processor = Processor.from_pretrained(path)

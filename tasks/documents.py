@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from kvl_core.errors import KvlError
+from kvl_core.processor.image import steady_memory
 
 if TYPE_CHECKING:  # Pillow is imported where pixels are touched: `kvl --help` loads this module
     from PIL import Image
@@ -307,29 +308,6 @@ def open_document(source: Source, password: str | None = None) -> Document:
     return PdfDocument(source, password) if source.kind == "pdf" else ImageDocument(source)
 
 
-_steady = False
-
-
-def steady_memory() -> None:
-    """Make glibc hand page-sized buffers back to the OS when they are freed (once per process).
-
-    Measured (bench/bench_documents.py): rendering and preprocessing letter pages grew RSS by ~3 MB per page
-    without bound (15 GB after 2,000 pages), because glibc raises its mmap threshold after the first large
-    free and then serves the multi-MB pixel buffers from heap arenas that it never trims. Pinning the
-    threshold at 1 MiB keeps RSS flat at the cost of one mmap per large buffer. A no-op off glibc.
-    """
-    global _steady
-    if _steady:
-        return
-    _steady = True
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB
-    except (OSError, AttributeError):  # not glibc (musl has no effect, others no symbol): nothing to pin
-        pass
 
 
 def page_dpi(doc: Document, number: int, limit_patches: int, patch: int = 14, dpi: float | None = None) -> float | None:

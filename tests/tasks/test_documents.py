@@ -183,7 +183,7 @@ def test_clip_tokens(tiny_processor):
 
 def test_streaming_pages_keeps_memory_flat(tmp_path):
     """Render + preprocess page after page: RSS must not grow with the page count (it grew ~3 MB per page
-    before documents.steady_memory pinned glibc's mmap threshold)."""
+    before kvl_core.processor.image.steady_memory pinned glibc's mmap threshold)."""
     import pymupdf
 
     src = pymupdf.open()
