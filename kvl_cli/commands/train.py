@@ -17,7 +17,7 @@ STAGES_HELP = "vit | align | pretrain | cooldown | longctx | sft | cot-sft"
 
 def train(
     stage: Annotated[str, typer.Option(help=f"Which stage of the paper: {STAGES_HELP}.")],
-    data: Annotated[list[str], typer.Option("--data", help="JSONL file(s); NAME=PATH and PATH:WEIGHT mix sources.")],
+    data: Annotated[list[str], typer.Option("--data", help="JSONL file(s) as [TAG=]PATH[:WEIGHT]; tags name mixture groups (long= for longctx).")],
     out: Annotated[str, typer.Option(help="Run folder: checkpoints step_*/, final/, metrics.jsonl, loss.png.")],
     model: Annotated[Optional[str], typer.Option(help="Start from this checkpoint (the previous stage's final/).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Or start from a fresh model of this preset (tiny, ...).")] = None,

@@ -16,6 +16,7 @@ The loop reports through a callback (`on_event(kind, info)`); the CLI turns it i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -40,7 +41,7 @@ SIDE_FILES = ("tiktoken.model", "tokenizer_config.json", "preprocessor_config.js
 class TrainConfig:
     stage: str = "sft"
     out: str = "runs/sft"
-    data: list[str] = field(default_factory=list)  # JSONL files, optionally NAME=PATH or PATH:WEIGHT
+    data: list[str] = field(default_factory=list)  # JSONL files as [TAG=]PATH[:WEIGHT]
     eval_data: list[str] = field(default_factory=list)
     model: str | None = None  # start from this checkpoint (stage N-1's output) ...
     preset: str | None = None  # ... or from a fresh model of this preset
@@ -86,8 +87,6 @@ def init_weights(model: torch.nn.Module, std: float, seed: int) -> None:
                 p.zero_()
             elif p.dim() == 1:
                 p.fill_(1.0)
-            elif "pos_emb" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * std)
 
@@ -313,7 +312,7 @@ class Trainer:
             out = self.coca(feats, mb.image_grid_hws.to(dev), mb.caption_ids.to(dev), self.stage.caption_weight)
             self._coca_parts = out
             return out["loss"] * len(mb.caption_ids)
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else _nullcontext()
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
         with autocast:
             logits = self.model(
                 mb.input_ids.to(dev),
@@ -403,7 +402,7 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------------
 
-    def save(self, final: bool = False) -> Path | None:
+    def save(self) -> Path | None:
         """Write step_NNNNNN/ atomically (rank 0 writes; every rank contributes optimizer state)."""
         opt_state = self.optimizer.consolidated_state_dict()  # a collective: every rank takes part
         state = {"step": self.step, "stage": self.stage.name, "config": asdict(self.cfg),
@@ -480,7 +479,7 @@ class Trainer:
                 return {"stopped_at": self.step}
         if "eval_loss" not in last and cfg.eval_data:
             last["eval_loss"] = self.evaluate()
-        path = self.save(final=True)
+        path = self.save()
         if self.rank == 0 and path is not None:
             final = self.out / "final"
             tmp = self.out / ".tmp_final"
@@ -494,14 +493,6 @@ class Trainer:
                    "data": self.stream.stats.as_dict()}  # tokens, truncated/dropped/skipped samples
         self.emit("end", summary)
         return summary
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
