@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from kvl_core.errors import KvlError
-from kvl_core.processor.image import steady_memory
 
 if TYPE_CHECKING:  # Pillow is imported where pixels are touched: `kvl --help` loads this module
     from PIL import Image
@@ -304,6 +303,8 @@ class ImageDocument(Document):
 
 
 def open_document(source: Source, password: str | None = None) -> Document:
+    from kvl_core.processor.image import steady_memory  # lazy: this module is imported by `kvl --help`
+
     steady_memory()
     return PdfDocument(source, password) if source.kind == "pdf" else ImageDocument(source)
 
