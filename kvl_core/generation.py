@@ -17,7 +17,8 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
-THINK_OPEN, THINK_CLOSE = "◁think▷", "◁/think▷"
+from kvl_core.processor.chat import THINK_CLOSE, THINK_OPEN
+
 
 
 class TextCodec(Protocol):
