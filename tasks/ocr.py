@@ -24,13 +24,10 @@ from typing import IO, Annotated, Any, Callable, Iterator, Optional
 import typer
 
 from kvl_core.errors import KvlError
+from kvl_core.prompts import ocr_prompt
 from kvl_tasks import documents as D
 from kvl_tasks.ocr_text import Writer, clean_page
 
-# Our own wording of the olmOCR/marker conventions (tasks.md §1.1), kept short: it is paid on every page.
-PROMPT = ("Convert this page to GitHub Markdown in reading order: headings, lists, pipe tables (HTML <table> "
-          "if cells span), math as $...$ or $$...$$. {furniture}Output only the Markdown.")
-NO_FURNITURE = "Skip running headers, footers, page numbers. "
 HINT = "The page's embedded text layer, possibly out of order (trust the image for layout):\n{text}\n\n"
 FORMATS = {"markdown": ".md", "text": ".txt", "json": ".json", "html": ".html"}
 HINT_MARGIN = 8  # tokens of slack for BPE merges across the hint/instruction boundary
@@ -65,7 +62,8 @@ class PageResult:
 
 
 def build_prompt(keep_furniture: bool) -> str:
-    return PROMPT.format(furniture="" if keep_furniture else NO_FURNITURE)
+    # In core: kvl-nano is trained on exactly this wording (kvl_core/synth).
+    return ocr_prompt(keep_furniture)
 
 
 def page_messages(engine: Any, page: D.Page, opts: OcrOptions, hint: str) -> tuple[list[dict], int]:
