@@ -343,21 +343,62 @@ def _split_for_tiktoken(text: str) -> Iterator[str]:
         yield chunk[prev:]
 
 
-def save_byte_level_tokenizer(directory: str | os.PathLike, vocab_size: int) -> None:
-    """Write `tiktoken.model` + `tokenizer_config.json` for a byte-level Kimi tokenizer.
+def train_bpe(texts: Iterable[tuple[str, int]], num_merges: int) -> list[bytes]:
+    """Byte-level BPE merges learned from (text, weight) pairs, for models trained from scratch.
 
-    Used for models trained from scratch by `kvl train --preset ...`: the 256 single bytes are the
-    BPE ranks and Kimi's special tokens keep their offsets in the block after them, with [UNK] and
-    [PAD] on the model's last two ids (the layout of the tiny fixture). `vocab_size` is the model's.
+    Pre-tokenised with the Kimi `pat_str` (so merges never cross the chunks tiktoken will see), then the
+    classic loop: merge the most frequent adjacent pair, ties broken by the pair's bytes so the result is
+    a pure function of the corpus. Returns the merged tokens in rank order (ranks 256, 257, ...); each is
+    the concatenation of two lower-ranked tokens, which is what tiktoken's encoder requires.
     """
-    import base64
+    import collections
 
-    if vocab_size < 256 + DEFAULT_SPECIAL_OFFSETS["<|media_pad|>"] + 3:
-        raise KvlError(f"vocab_size {vocab_size} is too small for a byte-level tokenizer with Kimi's specials")
+    import regex  # a dependency of tiktoken; understands pat_str's `&&` class intersections in V1 mode
+
+    pattern = regex.compile(PAT_STR, flags=regex.V1)
+    words: collections.Counter[tuple[bytes, ...]] = collections.Counter()
+    for text, weight in texts:
+        for chunk in pattern.findall(text):
+            words[tuple(bytes([b]) for b in chunk.encode("utf-8"))] += weight
+    vocab = [list(w) for w in words]
+    counts = list(words.values())
+    merges: list[bytes] = []
+    while len(merges) < num_merges:
+        pairs: collections.Counter[tuple[bytes, bytes]] = collections.Counter()
+        for w, c in zip(vocab, counts):
+            for a, b in zip(w, w[1:]):
+                pairs[(a, b)] += c
+        if not pairs:
+            raise KvlError(f"the corpus supports only {len(merges)} BPE merges, {num_merges} were asked for")
+        best = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        joined = best[0] + best[1]
+        merges.append(joined)
+        for w in vocab:
+            i = 0
+            while i < len(w) - 1:
+                if w[i] == best[0] and w[i + 1] == best[1]:
+                    w[i:i + 2] = [joined]
+                i += 1
+    return merges
+
+
+def save_bpe_tokenizer(directory: str | os.PathLike, vocab_size: int, merges: Sequence[bytes] = ()) -> None:
+    """Write `tiktoken.model` + `tokenizer_config.json` for a Kimi tokenizer trained from scratch.
+
+    Ranks are the 256 single bytes followed by `merges`; Kimi's special tokens keep their offsets in the
+    block after the ranks, with [UNK] and [PAD] on the model's last two ids (the tiny fixture's layout).
+    `vocab_size` is the model's.
+    """
+    num_base = 256 + len(merges)
+    if vocab_size < num_base + DEFAULT_SPECIAL_OFFSETS["<|media_pad|>"] + 3:
+        raise KvlError(f"vocab_size {vocab_size} is too small for {num_base} BPE ranks plus Kimi's specials")
+    tokens = [bytes([b]) for b in range(256)] + list(merges)
+    if len(set(tokens)) != len(tokens):
+        raise KvlError("BPE merges contain a duplicate token")
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "tiktoken.model").write_text("".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(256)))
-    ids = {name: 256 + off for name, off in DEFAULT_SPECIAL_OFFSETS.items() if name not in ("[UNK]", "[PAD]")}
+    (d / "tiktoken.model").write_text("".join(f"{base64.b64encode(t).decode()} {i}\n" for i, t in enumerate(tokens)))
+    ids = {name: num_base + off for name, off in DEFAULT_SPECIAL_OFFSETS.items() if name not in ("[UNK]", "[PAD]")}
     ids["[UNK]"], ids["[PAD]"] = vocab_size - 2, vocab_size - 1
     entry = dict(lstrip=False, normalized=False, rstrip=False, single_word=False, special=True)
     cfg = {
@@ -367,3 +408,8 @@ def save_byte_level_tokenizer(directory: str | os.PathLike, vocab_size: int) -> 
         "additional_special_tokens": [n for n in REQUIRED_SPECIALS],
     }
     (d / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1) + "\n")
+
+
+def save_byte_level_tokenizer(directory: str | os.PathLike, vocab_size: int) -> None:
+    """The byte-level tokenizer of presets without merges (tiny): 256 byte ranks, then the specials."""
+    save_bpe_tokenizer(directory, vocab_size)

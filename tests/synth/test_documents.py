@@ -1,0 +1,117 @@
+"""Rendered documents: sizes, line budget, and Markdown that matches what was drawn."""
+
+import random
+import re
+
+import pytest
+
+from kvl_core.synth import common as C
+from kvl_core.synth.documents import LAYOUTS, DocSpec, draw_document, plan_document, render_document
+
+SEEDS = range(120)
+
+
+def _plans(spec=DocSpec()):
+    return [plan_document(random.Random(s), spec) for s in SEEDS]
+
+
+def _md_words(md: str) -> list[str]:
+    words = []
+    for line in md.split("\n"):
+        if re.fullmatch(r"\|( --- \|)+", line):
+            continue  # the table separator is not drawn
+        line = re.sub(r"^#+ ", "", line)
+        line = re.sub(r"^(- |\d+\. )", "", line)
+        words += line.replace("**", "").replace("|", " ").split()
+    return words
+
+
+def _drawn_words(plan) -> list[str]:
+    words = []
+    for line in plan.lines:
+        runs = line.runs
+        if plan.layout in ("bullets", "numbered") and len(runs) == 2:
+            runs = runs[1:]  # the marker glyph
+        for r in runs:
+            words += r.text.split()
+    return words
+
+
+def test_every_layout_occurs_and_markdown_is_what_was_drawn():
+    plans = _plans()
+    assert {p.layout for p in plans} == set(LAYOUTS)
+    for p in plans:
+        assert p.markdown and p.markdown == p.markdown.strip()
+        assert _md_words(p.markdown) == _drawn_words(p), (p.layout, p.markdown)
+
+
+def test_sizes_and_line_budget():
+    for p in _plans():
+        w, h = p.size
+        assert 224 <= w <= 448 and w % 28 == 0
+        assert 28 <= h <= 280 and h % 28 == 0
+        assert 1 <= p.n_lines <= 6
+        assert all(line.y + line.height <= h for line in p.lines)
+        assert 13 <= p.body_size <= 18
+    for p in _plans(DocSpec(max_lines=3)):
+        assert p.n_lines <= 3
+
+
+def test_structure_counts():
+    for p in _plans():
+        blocks = p.markdown.split("\n\n")
+        body = blocks[-1].split("\n")
+        if p.layout == "table":
+            assert len(body) == p.info["rows"] + 2 and 2 <= p.info["cols"] <= 3
+            assert body[1] == "| " + " | ".join(["---"] * p.info["cols"]) + " |"
+            assert all(row.startswith("| ") and row.count(" | ") == p.info["cols"] - 1 for row in body)
+            assert 1 <= p.info["rows"] <= 4
+        elif p.layout == "bullets":
+            assert len(body) == p.info["items"] and all(x.startswith("- ") for x in body)
+        elif p.layout == "numbered":
+            assert [x.split(". ", 1)[0] for x in body] == [str(i) for i in range(1, len(body) + 1)]
+        elif p.layout == "keyvalue":
+            assert len(body) == p.info["pairs"] and all(re.match(r"\*\*[A-Z][a-z]+:\*\* \S", x) for x in body)
+        elif p.layout == "receipt":
+            assert blocks[0].startswith("#") and body[-1].startswith("**Total:** $")
+            items = [x for x in body if not x.startswith("**")]
+            assert len(items) == p.info["items"]
+            cents = [int(x.rsplit("$", 1)[1].replace(",", "").replace(".", "")) for x in items]
+            assert sum(cents) == p.info["total"] == int(body[-1].split("$")[1].replace(",", "").replace(".", ""))
+        else:
+            assert "\n" not in blocks[-1]  # a wrapped paragraph is one Markdown line
+        for b in blocks[:-1]:
+            assert b.startswith(("# ", "## ")) or p.layout == "paragraph"
+
+
+def test_render_is_rgb_with_ink_and_deterministic():
+    img, md = render_document(random.Random(7))
+    img2, md2 = render_document(random.Random(7))
+    assert img.mode == "RGB" and md == md2 and img.tobytes() == img2.tobytes()
+    assert img.convert("L").getextrema()[0] < 100  # something dark was drawn
+
+
+def test_difficulty_zero_is_clean():
+    spec = DocSpec.at(0)
+    assert spec.noise == 0 and spec.rotation == 0 and spec.fonts == ("sans",) and spec.max_lines == 2
+    p = plan_document(random.Random(1), spec)
+    img = draw_document(p, random.Random(1), spec)
+    assert C.is_gray(img) or p.ink != (0, 0, 0)
+    assert DocSpec.at(1) == DocSpec()
+
+
+def test_bad_spec_is_rejected():
+    with pytest.raises(ValueError):
+        DocSpec(layouts=("poem",))
+    with pytest.raises(ValueError):
+        DocSpec(max_lines=0)
+
+
+def test_pillow_default_font_fallback(monkeypatch):
+    C.get_font.cache_clear()
+    monkeypatch.setattr(C, "font_dir", lambda: None)
+    try:
+        img, md = render_document(random.Random(3))
+        assert img.size[0] >= 224 and md
+    finally:
+        C.get_font.cache_clear()
