@@ -15,6 +15,7 @@ import typer
 
 from kvl_cli.commands.chat import chat
 from kvl_cli.commands.info import info
+from kvl_cli.commands.models import models
 from kvl_cli.commands.train import train
 from kvl_cli.output import err_console, print_error
 from kvl_cli.registry import add_tasks, env_flag
@@ -66,6 +67,7 @@ def make_app() -> typer.Typer:
     )
     app.callback()(_root)
     app.command("info")(info)
+    app.command("models")(models)
     app.command("chat")(chat)
     app.command("train")(train)
     return app

@@ -4,7 +4,9 @@ A spec is a local checkpoint directory, or a Hugging Face repo id (`moonshotai/K
 optionally `@revision`) found in the local Hugging Face cache (`HF_HUB_CACHE`, else `HF_HOME/hub`,
 else `~/.cache/huggingface/hub`; snapshot layout `models--org--name/snapshots/<commit>/`). Nothing
 is ever downloaded. Where no spec is given: the `KVL_MODEL` environment variable, then `model = ...`
-in the user config file (`$KVL_CONFIG`, else `~/.config/kvl/config.toml`).
+in the user config file (`$KVL_CONFIG`, else `~/.config/kvl/config.toml`), then the built-in
+kvl-nano model that ships inside the package (kvl_core/assets/kvl-nano), so a fresh install works
+offline. Built-in models are also addressed by name (`--model kvl-nano`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ HOW_TO_GET = (
     "`hf download moonshotai/Kimi-VL-A3B-Instruct` on a machine with internet, then "
     "--model moonshotai/Kimi-VL-A3B-Instruct (read from the local Hugging Face cache)"
 )
+# Small models of our own architecture shipped inside the package, loaded like any checkpoint.
+ASSETS = Path(__file__).parent / "assets"
+BUILTIN_MODELS = {
+    "kvl-nano": "6.3M-parameter demo trained by `kvl train --recipe nano` on generated data: OCR of short "
+                "clean documents to markdown and GUI grounding on simple screens, nothing else",
+}
+DEFAULT_MODEL = "kvl-nano"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
@@ -81,14 +90,35 @@ def resolve_from_hf_cache(repo_id: str) -> Path | None:
     return snaps[-1] if snaps else None
 
 
+def builtin_model(name: str) -> Path | None:
+    """The folder of a built-in model, or None when it is unknown or its weights were not shipped."""
+    path = ASSETS / name
+    return path if name in BUILTIN_MODELS and (path / "config.json").exists() else None
+
+
+def default_notice(name: str = DEFAULT_MODEL) -> str:
+    return (f"using {name}, the built-in demo model ({BUILTIN_MODELS[name]}); pass --model or set KVL_MODEL "
+            "for a real checkpoint such as moonshotai/Kimi-VL-A3B-Instruct")
+
+
 def resolve_model(spec: str | None = None) -> Path:
-    """Spec (or the configured default) -> checkpoint directory, or a KvlError saying what to do."""
+    """Spec (or the configured default, else the built-in kvl-nano) -> checkpoint directory, or a
+    KvlError saying what to do."""
     spec = configured_model_spec(spec)
     if not spec:
-        raise KvlError(HOW_TO_GET)
+        path = builtin_model(DEFAULT_MODEL)
+        if path is None:
+            raise KvlError(HOW_TO_GET)
+        return path
     path = Path(spec).expanduser()
     if path.exists():
         return path
+    if spec in BUILTIN_MODELS:
+        found = builtin_model(spec)
+        if found is None:
+            raise KvlError(f"{spec}: this install has no weights for the built-in model (build them with "
+                           "`kvl train --recipe nano`)")
+        return found
     if _REPO_ID.match(spec) and not spec.startswith((".", "/")):
         found = resolve_from_hf_cache(spec)
         if found is not None:

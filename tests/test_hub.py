@@ -54,7 +54,8 @@ def test_env_then_user_config(env, monkeypatch):
     assert hub.resolve_model() == env / "a"
 
 
-def test_missing_model_says_how_to_get_one(env):
+def test_missing_model_says_how_to_get_one(env, monkeypatch):
+    monkeypatch.setattr(hub, "ASSETS", env / "no-assets")  # an install without the built-in weights
     with pytest.raises(KvlError, match="no model configured.*16.4B parameters"):
         hub.resolve_model()
     with pytest.raises(KvlError, match="not in the Hugging Face cache"):
@@ -76,3 +77,21 @@ def test_from_pretrained_accepts_a_cached_repo_id(env, tiny_dir):
     snap = make_snapshot(env, "moonshotai/Kimi-VL-A3B-Instruct", "d" * 40)
     shutil.copy(tiny_dir / "config.json", snap / "config.json")
     assert resolve_checkpoint_dir("moonshotai/Kimi-VL-A3B-Instruct") == snap
+
+
+def test_builtin_model_is_the_default_and_has_a_name(env, monkeypatch):
+    assets = env / "assets"
+    (assets / "kvl-nano").mkdir(parents=True)
+    (assets / "kvl-nano" / "config.json").write_text("{}")
+    monkeypatch.setattr(hub, "ASSETS", assets)
+    assert hub.resolve_model() == assets / "kvl-nano"
+    assert hub.resolve_model("kvl-nano") == assets / "kvl-nano"
+    (env / "mine").mkdir()
+    monkeypatch.setenv("KVL_MODEL", str(env / "mine"))
+    assert hub.resolve_model() == env / "mine"  # anything configured wins over the built-in
+
+
+def test_builtin_name_without_weights_says_how_to_build_them(env, monkeypatch):
+    monkeypatch.setattr(hub, "ASSETS", env / "no-assets")
+    with pytest.raises(KvlError, match="kvl-nano: this install has no weights.*--recipe nano"):
+        hub.resolve_model("kvl-nano")
