@@ -12,7 +12,8 @@ import typer
 
 from kvl_cli.output import err_console, print_json
 
-STAGES_HELP = "vit | align | pretrain | cooldown | longctx | sft | cot-sft"
+STAGES_HELP = "vit | align | pretrain | cooldown | longctx | sft | cot-sft | rl"
+RL = "RL (--stage rl, docs/rl.md)"
 
 
 def train(
@@ -38,9 +39,37 @@ def train(
     overlong: Annotated[str, typer.Option(help="Samples longer than the context: truncate or drop (counted).")] = "truncate",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+    iterations: Annotated[Optional[int], typer.Option(help="RL iterations (default: --steps).", rich_help_panel=RL)] = None,
+    k: Annotated[int, typer.Option("--k", help="Samples per problem.", rich_help_panel=RL)] = 8,
+    problems: Annotated[int, typer.Option(help="Problems per iteration.", rich_help_panel=RL)] = 8,
+    tau: Annotated[float, typer.Option(help="Weight of the squared log-ratio regulariser.", rich_help_panel=RL)] = 0.1,
+    max_new_tokens: Annotated[int, typer.Option(help="Rollout length limit.", rich_help_panel=RL)] = 512,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature of the rollouts.", rich_help_panel=RL)] = 1.0,
+    thinking_budget: Annotated[Optional[int], typer.Option(help="Max tokens inside ◁think▷ per rollout.", rich_help_panel=RL)] = None,
+    length_penalty: Annotated[bool, typer.Option("--length-penalty/--no-length-penalty", help="k1.5 length reward.", rich_help_panel=RL)] = True,
+    length_warmup: Annotated[int, typer.Option(help="Iterations before the length reward starts.", rich_help_panel=RL)] = 0,
+    length_weight: Annotated[Optional[float], typer.Option(help="Weight of the length reward (default: the reward config's, 1.0).", rich_help_panel=RL)] = None,
+    curriculum: Annotated[bool, typer.Option("--curriculum/--no-curriculum", help="Easy to hard by 'difficulty'.", rich_help_panel=RL)] = True,
+    prioritized: Annotated[bool, typer.Option("--prioritized/--no-prioritized", help="Sample problems by 1 - success rate.", rich_help_panel=RL)] = True,
+    reward_config: Annotated[Optional[str], typer.Option(help="JSON reward config (checkers, options, length weight).", rich_help_panel=RL)] = None,
 ) -> None:
     """Train Kimi-VL with Muon: any stage of the paper, from a checkpoint or a fresh preset."""
     from kvl_core.training.trainer import TrainConfig, train as run_training
+
+    if stage == "rl":
+        from kvl_core.training.rl import RLConfig, train_rl
+
+        rl = RLConfig(out=out, data=data, model=model, preset=preset, iterations=iterations or steps, k=k,
+                      problems=problems, tau=tau, max_new_tokens=max_new_tokens, temperature=temperature,
+                      thinking_budget=thinking_budget, length_penalty=length_penalty, length_warmup=length_warmup,
+                      length_weight=length_weight, curriculum=curriculum, prioritized=prioritized,
+                      reward_config=reward_config, optimizer=optimizer, ns_dtype=ns_dtype, seed=seed, resume=resume,
+                      save_every=save_every, keep=keep, device=device, **({"lr": lr} if lr is not None else {}))
+        with _Reporter(disable=json_out) as report:
+            summary = train_rl(rl, on_event=report)
+        if json_out:
+            print_json(summary)
+        return
 
     cfg = TrainConfig(stage=stage, out=out, data=data, eval_data=eval_data or [], model=model, preset=preset,
                       steps=steps, lr=lr, seq_len=seq_len, batch_tokens=batch_tokens, micro_rows=micro_rows,
@@ -79,6 +108,10 @@ class _Reporter:
             frozen = f" (frozen: {', '.join(info['frozen'])})" if info["frozen"] else ""
             err_console.print(f"[bold]kvl train[/] stage {info['stage']}, {info['world']} process(es){frozen}")
             self.task = self.progress.add_task(info["stage"], total=info["steps"], completed=info["step"])
+        elif kind == "step" and self.task is not None and "accuracy" in info:
+            self.progress.update(self.task, completed=info["step"],
+                                 description=f"acc {info['accuracy']:.2f} reward {info['reward']:+.3f} "
+                                             f"len {info['length']:.0f} kl {info['kl']:.3f}")
         elif kind == "step" and self.task is not None:
             ev = f" eval {info['eval_loss']:.3f}" if info.get("eval_loss") is not None else ""
             self.progress.update(self.task, completed=info["step"],
@@ -87,7 +120,8 @@ class _Reporter:
             text = info.get("text") or ", ".join(f"{k} {v}" for k, v in info.items())
             self.progress.console.print(f"[dim]{kind}: {text}[/]")
         elif kind == "end":
-            self.progress.console.print(f"[green]done[/]: {info['final']} (loss {info.get('loss')})")
+            result = f"accuracy {info['accuracy']:.3f}" if "accuracy" in info else f"loss {info.get('loss')}"
+            self.progress.console.print(f"[green]done[/]: {info['final']} ({result})")
             counts = {k: v for k, v in info.get("data", {}).items() if k in ("truncated", "dropped", "skipped", "read_skipped") and v}
             if counts:
                 self.progress.console.print("[yellow]data:[/] " + ", ".join(f"{v} samples {k.replace('_', ' ')}" for k, v in counts.items()))

@@ -34,6 +34,8 @@ from kvl_core.errors import KvlError
 from kvl_core.model import KimiVLForConditionalGeneration
 from kvl_core.training import stages as stage_recipes
 
+# Max 14-px patches per image for a model trained from a preset (the released models use 4096).
+PRESET_PATCH_LIMIT = {"tiny": 256, "nano": 768}
 SIDE_FILES = ("tiktoken.model", "tokenizer_config.json", "preprocessor_config.json", "generation_config.json")
 
 
@@ -63,6 +65,7 @@ class TrainConfig:
     device: str = "auto"
     plot: bool = True
     stop_after: int | None = None  # end the process after this many steps (tests simulate a crash)
+    tokenizer: str | None = None  # fresh presets: take tokenizer files from this folder (else byte-level)
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -76,6 +79,73 @@ def _device(name: str) -> torch.device:
 def checkpoints(out: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first (a folder is complete once renamed into place)."""
     return sorted(p for p in out.glob("step_*") if p.is_dir() and (p / "trainer_state.json").exists())
+
+
+def load_model(source: Path | str | None, preset: str | None, out: Path, seed: int, device: torch.device,
+               write_side_files: bool = True, tokenizer: str | None = None) -> tuple[KimiVLForConditionalGeneration, Path]:
+    """The model to train (fp32) and the folder holding its tokenizer/processor files: a checkpoint
+    folder, or a fresh `preset` model (seeded init) with a tokenizer written to out/.tokenizer (copied
+    from `tokenizer`, else byte-level)."""
+    from kvl_core.processor.image import ImageProcessor
+    from kvl_core.processor.tokenizer import save_byte_level_tokenizer
+
+    if source is not None:
+        model = KimiVLForConditionalGeneration.from_pretrained(source, dtype=torch.float32, device=device)
+        return model, Path(model.name_or_path)
+    if not preset:
+        raise KvlError("say what to train: --model CHECKPOINT (the previous stage's output) or --preset NAME")
+    mcfg = config_preset(preset)
+    mcfg.torch_dtype = "float32"
+    torch.manual_seed(seed)
+    model = KimiVLForConditionalGeneration(mcfg)
+    init_weights(model, mcfg.text.initializer_range, seed)
+    model.to(device)
+    side_dir = Path(out) / ".tokenizer"
+    if write_side_files:
+        if tokenizer is not None:
+            side_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("tiktoken.model", "tokenizer_config.json"):
+                shutil.copyfile(Path(tokenizer) / name, side_dir / name)
+        else:
+            save_byte_level_tokenizer(side_dir, mcfg.text.vocab_size)
+        ip = ImageProcessor(in_token_limit=PRESET_PATCH_LIMIT.get(preset, 4096))
+        (side_dir / "preprocessor_config.json").write_text(json.dumps(ip.to_dict(), indent=1))
+    return model, side_dir
+
+
+def write_checkpoint(out: Path, step: int, model: torch.nn.Module, side_dir: Path, state: dict,
+                     extra: Callable[[Path], None] | None = None, keep: int = 2) -> Path:
+    """Write out/step_NNNNNN/ (weights, side files, trainer_state.json, whatever `extra(folder)` adds)
+    into a hidden folder first and rename it into place; prune all but the newest `keep`."""
+    out.mkdir(parents=True, exist_ok=True)
+    final_dir = out / f"step_{step:06d}"
+    tmp = out / f".tmp_step_{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    for name in SIDE_FILES:
+        if (side_dir / name).exists():
+            shutil.copy2(side_dir / name, tmp / name)
+    if extra is not None:
+        extra(tmp)
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    os.replace(tmp, final_dir)
+    for old in checkpoints(out)[: -keep] if keep > 0 else []:
+        if old != final_dir:
+            shutil.rmtree(old, ignore_errors=True)
+    return final_dir
+
+
+def publish_final(out: Path, path: Path) -> Path:
+    """Copy a checkpoint to out/final atomically (the folder users pass to the next stage)."""
+    final = out / "final"
+    tmp = out / ".tmp_final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(path, tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
 
 
 def init_weights(model: torch.nn.Module, std: float, seed: int) -> None:
@@ -175,8 +245,6 @@ class Trainer:
 
     def _load_model(self) -> None:
         from kvl_core.processor.chat import Processor
-        from kvl_core.processor.image import ImageProcessor
-        from kvl_core.processor.tokenizer import save_byte_level_tokenizer
 
         cfg = self.cfg
         existing = checkpoints(self.out) if self.out.exists() else []
@@ -187,24 +255,9 @@ class Trainer:
             raise KvlError(f"{self.out}: holds checkpoints of an earlier run; pass --resume to continue it "
                            "or choose another --out")
         source = self.resume_from or (Path(cfg.model) if cfg.model else None)
-        if source is not None:
-            self.model = KimiVLForConditionalGeneration.from_pretrained(source, dtype=torch.float32, device=self.device)
-            self.side_dir = Path(self.model.name_or_path)
-        elif cfg.preset:
-            mcfg = config_preset(cfg.preset)
-            mcfg.torch_dtype = "float32"
-            torch.manual_seed(cfg.seed)
-            self.model = KimiVLForConditionalGeneration(mcfg)
-            init_weights(self.model, mcfg.text.initializer_range, cfg.seed)
-            self.model.to(self.device)
-            self.side_dir = self.out / ".tokenizer"
-            if self.rank == 0:
-                save_byte_level_tokenizer(self.side_dir, mcfg.text.vocab_size)
-                ip = ImageProcessor(in_token_limit=256 if cfg.preset == "tiny" else 4096)
-                (self.side_dir / "preprocessor_config.json").write_text(json.dumps(ip.to_dict(), indent=1))
-            self.dist.barrier()
-        else:
-            raise KvlError("say what to train: --model CHECKPOINT (the previous stage's output) or --preset NAME")
+        self.model, self.side_dir = load_model(source, cfg.preset, self.out, cfg.seed, self.device,
+                                               write_side_files=self.rank == 0, tokenizer=cfg.tokenizer)
+        self.dist.barrier()
         self.model.train()
         self.processor = Processor.from_pretrained(self.side_dir)
         self._native_limit = self.processor.image_processor.in_token_limit
@@ -354,7 +407,10 @@ class Trainer:
         try:
             for mb in micro:
                 loss = self._forward_loss(mb)
-                (loss / n_global).backward()
+                # a micro-batch can be out of reach of every trainable weight (align trains only the
+                # vision side; a row of text-only documents never touches it): it adds no gradient
+                if loss.requires_grad:
+                    (loss / n_global).backward()
                 loss_sum += float(loss.detach())
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
             if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
@@ -411,27 +467,16 @@ class Trainer:
         if self.rank != 0:
             self.dist.barrier()
             return None
-        self.out.mkdir(parents=True, exist_ok=True)
-        final_dir = self.out / f"step_{self.step:06d}"
-        tmp = self.out / f".tmp_step_{self.step:06d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp)
-        for name in SIDE_FILES:
-            if (self.side_dir / name).exists():
-                shutil.copy2(self.side_dir / name, tmp / name)
-        if self.coca is not None:
-            from kvl_core.checkpoint import save_state_dict
 
-            (tmp / "coca").mkdir()
-            save_state_dict(self.coca, tmp / "coca")
-        torch.save({"optimizer": opt_state, "rng": _rng_state()}, tmp / "optimizer.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-        if final_dir.exists():
-            shutil.rmtree(final_dir)
-        os.replace(tmp, final_dir)
-        for old in checkpoints(self.out)[: -self.cfg.keep] if self.cfg.keep > 0 else []:
-            if old != final_dir:
-                shutil.rmtree(old, ignore_errors=True)
+        def extra(tmp: Path) -> None:
+            if self.coca is not None:
+                from kvl_core.checkpoint import save_state_dict
+
+                (tmp / "coca").mkdir()
+                save_state_dict(self.coca, tmp / "coca")
+            torch.save({"optimizer": opt_state, "rng": _rng_state()}, tmp / "optimizer.pt")
+
+        final_dir = write_checkpoint(self.out, self.step, self.model, self.side_dir, state, extra, self.cfg.keep)
         self.dist.barrier()
         self.emit("save", {"path": str(final_dir)})
         return final_dir
@@ -481,12 +526,7 @@ class Trainer:
             last["eval_loss"] = self.evaluate()
         path = self.save()
         if self.rank == 0 and path is not None:
-            final = self.out / "final"
-            tmp = self.out / ".tmp_final"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(path, tmp)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
+            publish_final(self.out, path)
             if cfg.plot:
                 plot_metrics(metrics_path, self.out / "loss.png", title=f"kvl train --stage {self.stage.name}")
         summary = {"final": str(self.out / "final"), "steps": self.step, **{k: last.get(k) for k in ("loss", "eval_loss")},
@@ -503,8 +543,10 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in keep))
 
 
-def plot_metrics(metrics: Path, png: Path, title: str = "") -> Path | None:
-    """Loss (and eval loss, lr) curves as a PNG; skipped quietly when matplotlib is not installed."""
+def plot_metrics(metrics: Path, png: Path, title: str = "",
+                 panels: list[tuple[str, list[str]]] | None = None) -> Path | None:
+    """Curves of metrics.jsonl against "step" as a PNG; skipped quietly when matplotlib is not installed.
+    `panels` = [(y label, [keys...]), ...]; the default is the trainer's loss (+ eval loss) and lr."""
     try:
         import matplotlib
 
@@ -515,14 +557,18 @@ def plot_metrics(metrics: Path, png: Path, title: str = "") -> Path | None:
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     if not rows:
         return None
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    a.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss")
-    ev = [r for r in rows if r.get("eval_loss") is not None]
-    if ev:
-        a.plot([r["step"] for r in ev], [r["eval_loss"] for r in ev], "o-", label="eval loss")
-    a.set_xlabel("step"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
-    b.plot([r["step"] for r in rows], [r["lr"] for r in rows], color="tab:orange")
-    b.set_xlabel("step"), b.set_ylabel("learning rate"), b.grid(alpha=0.3)
+    panels = panels or [("loss", ["loss", "eval_loss"]), ("learning rate", ["lr"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (ylabel, keys) in zip(axes[0], panels):
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+            if not pts:
+                continue
+            sparse = len(pts) < len(rows)  # e.g. eval every N steps: show the points
+            ax.plot(*zip(*pts), "o-" if sparse else "-", label=key.replace("_", " "))
+        ax.set_xlabel("step"), ax.set_ylabel(ylabel), ax.grid(alpha=0.3)
+        if len(keys) > 1:
+            ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
