@@ -242,7 +242,33 @@ def tiny() -> KimiVLConfig:
     )
 
 
-PRESETS = {"kimi-vl-a3b": kimi_vl_a3b, "tiny": tiny}
+NANO_MERGES = 724
+_NANO_BASE = 256 + NANO_MERGES  # first special id: [BOS]
+
+
+def nano() -> KimiVLConfig:
+    """kvl-nano, the built-in default model: the full architecture (MoonViT, projector, MLA + MoE with
+    shared experts and aux-free routing) at ~6.5M parameters, sized so the whole recipe
+    (`kvl train --recipe nano`) trains on a 2-core CPU within the hour; 13 MB in bf16.
+
+    Vocabulary: 256 bytes + NANO_MERGES byte-level BPE merges learned by the recipe on its corpus
+    (fixed prompts compress ~4.5x, so the CPU is not spent re-reading them byte by byte), then Kimi's
+    special tokens at their usual offsets, [UNK]/[PAD] last."""
+    return KimiVLConfig(
+        vision=VisionConfig(init_pos_emb_height=24, init_pos_emb_width=32, num_attention_heads=3,
+                            num_hidden_layers=4, hidden_size=192, intermediate_size=512),
+        text=TextConfig(vocab_size=1024, hidden_size=256, intermediate_size=768, moe_intermediate_size=128,
+                        num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=64,
+                        qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32, n_routed_experts=8,
+                        num_experts_per_tok=2, n_shared_experts=1, max_position_embeddings=2048,
+                        rope_theta=50000.0, bos_token_id=_NANO_BASE, eos_token_id=_NANO_BASE + 1,
+                        pad_token_id=1023),
+        media_placeholder_token_id=_NANO_BASE + 21,  # <|media_pad|>
+        torch_dtype="bfloat16",
+    )
+
+
+PRESETS = {"kimi-vl-a3b": kimi_vl_a3b, "tiny": tiny, "nano": nano}
 
 
 def preset(name: str) -> KimiVLConfig:

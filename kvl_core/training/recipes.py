@@ -1,0 +1,268 @@
+"""Multi-stage recipes: the paper's pipeline (§2.3–2.4, Figure 4) run end to end on generated data.
+
+A recipe names a preset, how much synthetic data of each kind to generate (kvl_core/synth), and the
+stages to run in order, each starting from the previous stage's `final/` checkpoint:
+
+    vit (CoCa: ViT + caption decoder) -> align (LLM frozen) -> pretrain (joint) -> sft (answers only)
+
+`nano` is the recipe of the built-in kvl-nano model. Everything is seeded: the same seed regenerates
+byte-identical data and, on the same hardware and torch build, the same weights. A run folder holds
+
+    data/<kind>/train.jsonl + images     generated once, reused on resume
+    heldout/<kind>/data.jsonl            evaluation sets from the held-out seed space
+    <stage>/                             the trainer's run folder of each stage (final/ = its output)
+    recipe.json                          the recipe, per-stage wall time and final losses
+
+Re-running with `resume=True` skips finished stages and resumes an interrupted one from its last
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from kvl_core.config import NANO_MERGES
+from kvl_core.errors import KvlError
+
+
+@dataclass
+class StageRun:
+    stage: str  # a name of kvl_core.training.stages
+    steps: int
+    data: list[str]  # synthetic kinds as KIND[:WEIGHT] ("ocr:2")
+    lr: float
+    seq_len: int
+    batch_tokens: int
+    micro_rows: int = 4
+
+
+@dataclass
+class Recipe:
+    name: str
+    preset: str
+    samples: dict[str, int]  # training samples generated per kind
+    heldout: dict[str, int]  # evaluation samples per kind
+    stages: list[StageRun]
+    merges: int = 0  # BPE merges learned on the corpus (0: byte-level tokenizer)
+    notes: str = ""
+
+
+def nano() -> Recipe:
+    """kvl-nano on a 2-core CPU in about an hour (measured times in docs/nano.md).
+
+    Most of the budget goes to the tasks the model ships for (OCR to markdown, GUI grounding); the
+    earlier stages are kept because they are the paper's pipeline and cheap at this size: the ViT
+    learns glyphs from captions that transcribe the rendered text, align teaches the projector to
+    speak the LLM's embedding language while the LLM is frozen, and joint pre-training mixes text
+    with image-grounded data."""
+    return Recipe(
+        name="nano", preset="nano", merges=NANO_MERGES,
+        samples={"caption": 3000, "text": 2000, "ocr": 10000, "ground": 6000},
+        heldout={"ocr": 200, "ground": 200},
+        stages=[
+            StageRun("vit", steps=100, data=["caption"], lr=2e-3, seq_len=128, batch_tokens=16 * 128),
+            StageRun("align", steps=40, data=["ocr", "ground"], lr=2e-3, seq_len=1024, batch_tokens=4 * 1024),
+            StageRun("pretrain", steps=150, data=["text", "ocr:2", "ground"], lr=3e-3, seq_len=1024,
+                     batch_tokens=4 * 1024),
+            StageRun("sft", steps=550, data=["ocr:2", "ground"], lr=2e-3, seq_len=1024, batch_tokens=4 * 1024),
+        ],
+        notes="vit -> align -> pretrain -> sft on generated documents, screens and captions",
+    )
+
+
+def smoke() -> Recipe:
+    """The nano pipeline shrunk to seconds on the tiny preset (tests, `--recipe smoke`)."""
+    return Recipe(
+        name="smoke", preset="tiny",
+        samples={"caption": 16, "text": 16, "ocr": 16, "ground": 16},
+        heldout={"ocr": 4, "ground": 4},
+        stages=[
+            StageRun("vit", steps=2, data=["caption"], lr=1e-3, seq_len=64, batch_tokens=4 * 64, micro_rows=4),
+            StageRun("align", steps=2, data=["ocr", "ground"], lr=1e-3, seq_len=512, batch_tokens=2 * 512,
+                     micro_rows=2),
+            StageRun("pretrain", steps=2, data=["text", "ocr"], lr=1e-3, seq_len=512, batch_tokens=2 * 512,
+                     micro_rows=2),
+            StageRun("sft", steps=2, data=["ocr", "ground"], lr=1e-3, seq_len=512, batch_tokens=2 * 512,
+                     micro_rows=2),
+        ],
+    )
+
+
+RECIPES: dict[str, Callable[[], Recipe]] = {"nano": nano, "smoke": smoke}
+
+
+def recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]()
+    except KeyError:
+        raise KvlError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}") from None
+
+
+# ---- running ------------------------------------------------------------------------------------
+
+def _kinds(specs: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for spec in specs:
+        kind, _, weight = spec.partition(":")
+        out.append((kind, weight))
+    return out
+
+
+def prepare_data(rec: Recipe, out: Path, seed: int, emit: Callable[[str, dict], None],
+                 workers: int = 2) -> dict[str, Path]:
+    """Generate (or reuse) the training and held-out sets; returns {kind: train.jsonl}."""
+    from kvl_core import synth
+
+    paths: dict[str, Path] = {}
+    for kind, n in rec.samples.items():
+        paths[kind] = _generate(out / "data" / kind, f"{n} {seed}", emit, f"{n} {kind} training samples",
+                                lambda folder, kind=kind, n=n: synth.write_train(kind, folder, n, seed, workers=workers))
+    for kind, n in rec.heldout.items():
+        _generate(out / "heldout" / kind, f"{n}", emit, f"{n} held-out {kind} samples",
+                  lambda folder, kind=kind, n=n: synth.heldout(kind, n, folder))
+    return paths
+
+
+def _generate(folder: Path, key: str, emit, what: str, write: Callable[[Path], Path]) -> Path:
+    """Run `write(folder)` unless a previous run finished it with the same parameters (`key`); a
+    `.complete` marker written last makes an interrupted generation start over."""
+    done = folder / ".complete"
+    if done.exists():
+        recorded_key, _, name = done.read_text().partition("\n")
+        if recorded_key == key and (folder / name.strip()).exists():
+            return folder / name.strip()
+    t0 = time.perf_counter()
+    emit("note", {"text": f"generating {what}"})
+    path = write(folder)
+    done.write_text(f"{key}\n{path.relative_to(folder)}\n")
+    emit("note", {"text": f"{what}: {time.perf_counter() - t0:.0f} s"})
+    return path
+
+
+def _corpus(paths: dict[str, Path], per_kind: int) -> list[tuple[str, int]]:
+    """Every text of the first `per_kind` lines of each training set (prompts included: they repeat in
+    every sample, so BPE learns them whole)."""
+    texts: list[tuple[str, int]] = []
+    for path in paths.values():
+        with open(path, encoding="utf-8") as fh:
+            for i, line in enumerate(fh):
+                if i >= per_kind:
+                    break
+                row = json.loads(line)
+                texts += [(t, 1) for t in _texts(row)]
+    return texts
+
+
+def _texts(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        if node.get("type") in ("image", "video"):
+            return []
+        return [t for k, v in node.items() if k not in ("image", "frames", "role", "type") for t in _texts(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in _texts(v)]
+    return [node] if isinstance(node, str) else []
+
+
+def prepare_tokenizer(rec: Recipe, out: Path, paths: dict[str, Path]) -> Path | None:
+    """Learn the preset's BPE merges on the generated corpus (once); None for byte-level presets."""
+    from kvl_core.config import preset
+    from kvl_core.processor.tokenizer import KimiTokenizer, save_bpe_tokenizer, train_bpe
+
+    if rec.merges == 0:
+        return None
+    folder = out / "tokenizer"
+    if not (folder / "tokenizer_config.json").exists():
+        merges = train_bpe(_corpus(paths, per_kind=2000), rec.merges)
+        save_bpe_tokenizer(folder, preset(rec.preset).text.vocab_size, merges)
+    tok = KimiTokenizer.from_pretrained(folder)
+    cfg = preset(rec.preset)
+    if (tok.bos_id, tok.eos_id, tok.media_pad_id) != (cfg.text.bos_token_id, cfg.text.eos_token_id,
+                                                      cfg.media_placeholder_token_id):
+        raise KvlError(f"{folder}: tokenizer ids do not match preset {rec.preset!r} (merges changed?)")
+    return folder
+
+
+def run(rec: Recipe, out: str | Path, seed: int = 0, resume: bool = False, device: str = "auto",
+        on_event: Callable[[str, dict], None] | None = None, only: list[str] | None = None) -> dict[str, Any]:
+    """Run every stage of `rec` in order; returns the summary written to recipe.json."""
+    from kvl_core.training.trainer import TrainConfig, train
+
+    emit = on_event or (lambda kind, info: None)
+    out = Path(out)
+    log_path = out / "recipe.json"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise KvlError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"recipe": asdict(rec), "seed": seed, "stages": {}}
+    if log_path.exists():
+        summary["stages"] = json.loads(log_path.read_text()).get("stages", {})
+
+    t0 = time.perf_counter()
+    data = prepare_data(rec, out, seed, emit)
+    tokenizer = prepare_tokenizer(rec, out, data)
+    summary["data_seconds"] = round(time.perf_counter() - t0, 1)
+
+    previous: Path | None = None
+    for st in rec.stages:
+        stage_dir = out / st.stage
+        final = stage_dir / "final"
+        if final.exists() and (only is None or st.stage not in only):
+            previous = final
+            continue
+        specs = [f"{data[k]}:{w}" if w else str(data[k]) for k, w in _kinds(st.data)]
+        cfg = TrainConfig(stage=st.stage, out=str(stage_dir), data=specs, steps=st.steps, lr=st.lr,
+                          seq_len=st.seq_len, batch_tokens=st.batch_tokens, micro_rows=st.micro_rows,
+                          seed=seed, device=device, resume=stage_dir.exists(),
+                          model=str(previous) if previous else None,
+                          preset=None if previous else rec.preset,
+                          tokenizer=str(tokenizer) if tokenizer and not previous else None, save_every=max(50, st.steps // 4), keep=1)
+        t1 = time.perf_counter()
+        result = train(cfg, on_event=emit)
+        summary["stages"][st.stage] = {"seconds": round(time.perf_counter() - t1, 1), "steps": st.steps,
+                                       "loss": result.get("loss"), "final": str(final)}
+        log_path.write_text(json.dumps(summary, indent=1) + "\n")
+        previous = final
+    summary["final"] = str(previous)
+    summary["heldout"] = {k: str(_generate(out / "heldout" / k, f"{n}", emit, "", lambda f: f))
+                          for k, n in rec.heldout.items()}
+    log_path.write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+SHIPPED_FILES = ("config.json", "tiktoken.model", "tokenizer_config.json", "preprocessor_config.json")
+
+
+def export(final: str | Path, dest: str | Path, dtype: str = "bfloat16",
+           generation: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write a trained checkpoint as a shippable model folder: weights cast to `dtype` (one
+    safetensors file), config, tokenizer and processor files, `generation_config.json`, and
+    `kvl_model.json` (`extra`: recipe, seed, metrics) — no optimizer or trainer state. The folder
+    loads through the same `from_pretrained` path as any real checkpoint. Replaces `dest` atomically."""
+    import shutil
+
+    import torch
+
+    from kvl_core.model import KimiVLForConditionalGeneration
+
+    final, dest = Path(final), Path(dest)
+    model = KimiVLForConditionalGeneration.from_pretrained(final, dtype=getattr(torch, dtype))
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    for name in SHIPPED_FILES[1:]:
+        shutil.copyfile(final / name, tmp / name)
+    (tmp / "generation_config.json").write_text(json.dumps(generation or {"temperature": 0.0, "max_new_tokens": 512},
+                                                           indent=1) + "\n")
+    if extra is not None:
+        (tmp / "kvl_model.json").write_text(json.dumps(extra, indent=1) + "\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
+__all__ = ["Recipe", "StageRun", "RECIPES", "recipe", "run", "prepare_data", "nano", "smoke", "export"]

@@ -1,0 +1,88 @@
+"""Multi-stage recipes: the smoke recipe runs every stage end to end on generated data, resumes, and the
+nano recipe is consistent with its preset."""
+
+import json
+
+import pytest
+import torch
+
+from kvl_core.config import NANO_MERGES, preset
+from kvl_core.errors import KvlError
+from kvl_core.model import KimiVLForConditionalGeneration
+from kvl_core.training import recipes
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("recipe") / "run"
+    events = []
+    summary = recipes.run(recipes.smoke(), out, on_event=lambda kind, info: events.append((kind, info)))
+    return out, summary, events
+
+
+def test_smoke_recipe_chains_every_stage(smoke_run):
+    out, summary, events = smoke_run
+    names = [st.stage for st in recipes.smoke().stages]
+    assert list(summary["stages"]) == names == ["vit", "align", "pretrain", "sft"]
+    starts = [info["stage"] for kind, info in events if kind == "start"]
+    assert starts == names
+    # each stage starts from the previous stage's output: align's frozen LLM equals vit's LLM bitwise
+    vit = KimiVLForConditionalGeneration.from_pretrained(out / "vit" / "final")
+    align = KimiVLForConditionalGeneration.from_pretrained(out / "align" / "final")
+    sft = KimiVLForConditionalGeneration.from_pretrained(out / "sft" / "final")
+    w = "language_model.model.layers.0.self_attn.o_proj.weight"
+    sd_vit, sd_align, sd_sft = vit.state_dict(), align.state_dict(), sft.state_dict()
+    assert torch.equal(sd_vit[w], sd_align[w])
+    assert not torch.equal(sd_align[w], sd_sft[w])
+    v = "vision_tower.encoder.blocks.0.mlp.fc0.weight"
+    assert not torch.equal(sd_vit[v], sd_align[v])  # align trains the vision side
+    log = json.loads((out / "recipe.json").read_text())
+    assert all(log["stages"][n]["seconds"] > 0 for n in names)
+    for kind in ("ocr", "ground"):
+        lines = open(summary["heldout"][kind]).read().splitlines()
+        assert len(lines) == recipes.smoke().heldout[kind]
+
+
+def test_rerun_needs_resume_and_resume_skips_finished_stages(smoke_run):
+    out, _, _ = smoke_run
+    with pytest.raises(KvlError, match="already holds a run"):
+        recipes.run(recipes.smoke(), out)
+    events = []
+    recipes.run(recipes.smoke(), out, resume=True, on_event=lambda kind, info: events.append(kind))
+    assert "start" not in events  # every stage already has final/
+
+
+def test_nano_recipe_matches_its_preset():
+    rec = recipes.nano()
+    assert rec.preset == "nano" and rec.merges == NANO_MERGES
+    cfg = preset("nano")
+    assert cfg.text.bos_token_id == 256 + NANO_MERGES
+    assert cfg.media_placeholder_token_id == 256 + NANO_MERGES + 21
+    assert [s.stage for s in rec.stages] == ["vit", "align", "pretrain", "sft"]
+    model = KimiVLForConditionalGeneration(cfg)
+    n = sum(p.numel() for p in model.parameters())
+    assert 3e6 < n < 10e6  # "a few million parameters"; bf16 weights stay far below the 20 MB cap
+    assert n * 2 < 20 * 2**20
+
+
+def test_unknown_recipe_is_named():
+    with pytest.raises(KvlError, match="unknown recipe 'big'"):
+        recipes.recipe("big")
+
+
+def test_export_ships_a_loadable_bf16_model_without_trainer_state(smoke_run, tmp_path):
+    out, _, _ = smoke_run
+    dest = recipes.export(out / "sft" / "final", tmp_path / "kvl-nano", extra={"recipe": "smoke"})
+    names = {p.name for p in dest.iterdir()}
+    assert {"model.safetensors", "config.json", "tiktoken.model", "tokenizer_config.json",
+            "preprocessor_config.json", "generation_config.json", "kvl_model.json"} <= names
+    assert "optimizer.pt" not in names and "trainer_state.json" not in names
+    from kvl_core.engine import Engine
+
+    engine = Engine.load(dest)
+    assert engine.model.dtype == torch.bfloat16
+    trained = KimiVLForConditionalGeneration.from_pretrained(out / "sft" / "final").state_dict()
+    for name, t in engine.model.state_dict().items():
+        assert torch.equal(t, trained[name].to(torch.bfloat16)), name
+    reply = engine.chat([{"role": "user", "content": "hi"}], max_new_tokens=3)
+    assert reply.completion_tokens <= 3
