@@ -7,6 +7,7 @@ extra: `kvl --help` has to stay instant and work on a machine without a display.
 
 from __future__ import annotations
 
+import logging
 import sys
 import traceback
 from typing import Annotated
@@ -15,6 +16,7 @@ import typer
 
 from kvl_cli.commands.chat import chat
 from kvl_cli.commands.info import info
+from kvl_cli.commands.serve import serve
 from kvl_cli.commands.models import models
 from kvl_cli.commands.train import train
 from kvl_cli.output import err_console, print_error
@@ -70,6 +72,7 @@ def make_app() -> typer.Typer:
     app.command("models")(models)
     app.command("chat")(chat)
     app.command("train")(train)
+    app.command("serve")(serve)
     return app
 
 
@@ -89,9 +92,25 @@ def _interrupted() -> int:
     return 130
 
 
+class _NoticeHandler(logging.Handler):
+    """`kvl.notice` log records (e.g. "using the built-in demo model") as one dim line on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(record.getMessage(), style="dim", markup=False, highlight=False)
+
+
+def _setup_notices() -> None:
+    log = logging.getLogger("kvl.notice")
+    if not any(isinstance(h, _NoticeHandler) for h in log.handlers):
+        log.addHandler(_NoticeHandler())
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 def run(cli: typer.Typer, argv: list[str] | None = None) -> int:
     """Run `cli` on argv (default sys.argv[1:]) and return the process exit code; never raises."""
     _state["debug"] = env_flag("KVL_DEBUG")
+    _setup_notices()
     try:
         cli(args=argv, prog_name="kvl")
     except SystemExit as e:  # typer always ends this way: --help, usage errors, typer.Exit, success

@@ -11,6 +11,7 @@ Messages use the chat layout of kvl_core/processor/chat.py:
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from dataclasses import asdict, dataclass
@@ -28,7 +29,7 @@ class ChatResult:
     answer: str
     reasoning: str | None
     truncated: bool  # a think block never closed: there is no answer
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "stop" | "length" (| "cancelled" when a should_stop hook ended it)
     prompt_tokens: int
     completion_tokens: int
     thinking_tokens: int
@@ -63,13 +64,16 @@ class Engine:
     @classmethod
     def load(cls, spec: str | Path | None = None, device: str = "cpu", dtype=None) -> "Engine":
         """Resolve a model spec (path, cached HF repo id, $KVL_MODEL, user config) and load it."""
-        from kvl_core.hub import resolve_model
+        from kvl_core.hub import configured_model_spec, default_notice, resolve_model
         from kvl_core.model import KimiVLForConditionalGeneration
 
         from kvl_core.processor.image import steady_memory
 
         steady_memory()  # long runs preprocess thousands of images: keep RSS flat (see its docstring)
         path = resolve_model(str(spec) if spec is not None else None)
+        if configured_model_spec(str(spec) if spec is not None else None) is None:
+            # the built-in demo model stood in: say so once (the CLI shows kvl.notice as a dim line)
+            logging.getLogger("kvl.notice").info(default_notice())
         model = KimiVLForConditionalGeneration.from_pretrained(path, dtype=dtype, device=device)
         processor = Processor.from_pretrained(path)
         defaults = {}
@@ -110,29 +114,34 @@ class Engine:
         return self.chat_batch([messages], on_text=on_text, **options)[0]
 
     def chat_batch(self, conversations: Sequence[Sequence[Message]], on_text: Callable[[str], None] | None = None,
-                   **options) -> list[ChatResult]:
-        """Several conversations generated together as one left-padded batch."""
+                   *, on_delta: Callable[[int, str], None] | None = None,
+                   should_stop: Callable[[int, int], str | None] | None = None, **options) -> list[ChatResult]:
+        """Several conversations generated together as one left-padded batch.
+
+        `on_text` streams the first conversation; `on_delta(row, text)` streams every row (a server's
+        clients); `should_stop` is generation.generate's per-row early stop."""
         params = self.sampling(**options)
         batch = self.processor.batch(conversations) if len(conversations) > 1 else self.processor(conversations[0])
         params.max_new_tokens = self._fit_context(batch["input_ids"].shape[1], params.max_new_tokens)
-        decoder = _Incremental(self.processor) if on_text is not None else None
+        if on_text is not None:
+            on_delta = _first_row(on_text, on_delta)
+        decoders = [_Incremental(self.processor) for _ in conversations] if on_delta is not None else []
 
         def on_token(row: int, tok: int) -> None:
-            if decoder is not None and row == 0:
-                delta = decoder.push(tok)
-                if delta:
-                    on_text(delta)
+            delta = decoders[row].push(tok)
+            if delta:
+                on_delta(row, delta)
 
         out = generate(
             self.model, batch["input_ids"], attention_mask=batch["attention_mask"],
             pixel_values=batch["pixel_values"], image_grid_hws=batch["image_grid_hws"], params=params,
             pad_token_id=self.processor.tokenizer.pad_id, codec=self.processor.tokenizer,
-            on_token=on_token if on_text is not None else None,
+            on_token=on_token if on_delta is not None else None, should_stop=should_stop,
         )
-        if decoder is not None:  # a trailing incomplete character was held back: release it now
+        for row, decoder in enumerate(decoders):  # a trailing incomplete character was held back: release it
             rest = decoder.flush()
             if rest:
-                on_text(rest)
+                on_delta(row, rest)
         results = []
         for i, ids in enumerate(out.new_tokens):
             text = self.processor.decode(ids, skip_special_tokens=True)
@@ -168,12 +177,26 @@ class Engine:
             yield item
         t.join()
 
+    @property
+    def context_length(self) -> int:
+        """Prompt + answer tokens the model takes (the OpenAI backend answers the same question remotely)."""
+        return int(self.model.config.text.max_position_embeddings)
+
     def _fit_context(self, prompt_len: int, max_new: int) -> int:
         """The answer budget that fits the model's context after the prompt."""
-        limit = self.model.config.text.max_position_embeddings
+        limit = self.context_length
         if prompt_len >= limit:
             raise KvlError(f"the prompt is {prompt_len} tokens but {self.name} takes at most {limit}")
         return min(max_new, limit - prompt_len)
+
+
+def _first_row(on_text: Callable[[str], None], also: Callable[[int, str], None] | None) -> Callable[[int, str], None]:
+    def deliver(row: int, delta: str) -> None:
+        if row == 0:
+            on_text(delta)
+        if also is not None:
+            also(row, delta)
+    return deliver
 
 
 class _Incremental:

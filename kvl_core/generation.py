@@ -143,10 +143,13 @@ def generate(
     pad_token_id: int | None = None,
     codec: TextCodec | None = None,
     on_token: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[int, int], str | None] | None = None,
 ) -> GenerationOutput:
     """Generate for a (left-padded) batch. `model` is KimiVLForConditionalGeneration or a bare
     DeepseekV3ForCausalLM (text only). `codec` (the tokenizer) is needed only for stop strings and
     the thinking budget. `on_token(row, id)` is called for every emitted token, in order.
+    `should_stop(row, n_generated)` may end one row early by returning its finish reason (a server
+    cancels a disconnected client's row, or caps a row below the batch's budget); the other rows go on.
     """
     p = params or SamplingParams()
     p.validate()
@@ -200,6 +203,8 @@ def generate(
                 r.done, r.reason = True, "stop"
             elif not r.forced:
                 r.after_token()
+            if not r.done and should_stop is not None and (reason := should_stop(b, len(r.ids))):
+                r.done, r.reason = True, reason
         nxt = torch.tensor(nxt_list, device=device)
         out_cols.append(nxt)
         if all(r.done for r in rows) or step == p.max_new_tokens - 1:

@@ -349,7 +349,12 @@ def _msg(e: BaseException) -> str:
 # ---- token budget --------------------------------------------------------------------------------
 
 def context_length(engine: Any) -> int:
-    return int(engine.model.config.text.max_position_embeddings)
+    from kvl_core.backend import context_length as engine_context
+
+    n = engine_context(engine)
+    if n is None:
+        raise KvlError(f"{getattr(engine, 'name', 'the engine')}: cannot tell its context length")
+    return n
 
 
 def default_answer_tokens(engine: Any, fallback: int = 512) -> int:

@@ -23,6 +23,7 @@ from typing import IO, Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
+from kvl_cli.options import ApiKeyOpt, BackendOpt, BaseUrlOpt, ModelOpt
 from kvl_core.errors import KvlError
 from kvl_core.prompts import ocr_prompt
 from kvl_tasks import documents as D
@@ -255,7 +256,10 @@ def ocr(
     keep_furniture: Annotated[bool, typer.Option("--keep-furniture", help="Keep running headers, footers, page numbers.")] = False,
     password: Annotated[Optional[str], typer.Option(help="Password of encrypted PDFs.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite outputs that already exist.")] = False,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint dir or cached HF repo id.")] = None,
+    model: ModelOpt = None,
+    backend: BackendOpt = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
     dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16 (default: the checkpoint's).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Answer budget per page in tokens.")] = 4096,
@@ -278,9 +282,9 @@ def ocr(
         prepare_out(out)
     engine, name = None, ""
     if text_layer != "only":
-        from kvl_core.engine import Engine
+        from kvl_core.backend import load_engine
 
-        engine = Engine.load(model, device=device, dtype=dtype)
+        engine = load_engine(model, backend, base_url, api_key, device=device, dtype=dtype)
         name = engine.name
     report = {"error": print_error, "warning": print_warning}
     stdout = sys.stdout  # captured before the progress display can redirect it

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+from kvl_cli.options import ApiKeyOpt, BackendOpt, BaseUrlOpt, ModelOpt
 from kvl_core.errors import KvlError
 from kvl_tasks import documents as D
 
@@ -235,7 +236,10 @@ def ask(
     password: Annotated[Optional[str], typer.Option(help="Password of an encrypted PDF.")] = None,
     dpi: Annotated[float, typer.Option(help="Render DPI (MMLongBench-Doc: 144).")] = MMLB_DPI,
     max_pages: Annotated[int, typer.Option(min=1, help="At most this many pages in context (MMLongBench-Doc: 120).")] = MMLB_MAX_PAGES,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint dir or cached HF repo id.")] = None,
+    model: ModelOpt = None,
+    backend: BackendOpt = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
     dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16.")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Answer budget (default: the checkpoint's).")] = None,
@@ -243,12 +247,12 @@ def ask(
 ) -> None:
     """Ask a question about a (long) PDF; the answer cites pages as \\[p. N]."""
     from kvl_cli.output import console, print_error, print_json, progress
-    from kvl_core.engine import Engine
+    from kvl_core.backend import load_engine
 
     if question is None and not interactive:
         raise KvlError("no question: pass one, or --interactive")
     sources, _ = D.discover([file])
-    engine = Engine.load(model, device=device, dtype=dtype)
+    engine = load_engine(model, backend, base_url, api_key, device=device, dtype=dtype)
     session = PdfSession(engine, sources[0], password, pages, dpi, max_pages, max_new_tokens, temperature)
 
     def answer(q: str) -> None:

@@ -11,10 +11,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from kvl_cli.options import ApiKeyOpt, BackendOpt, BaseUrlOpt, ModelOpt
 from kvl_cli.output import console, err_console, print_error, print_json
 from kvl_core.errors import KvlError
-
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint dir or cached HF repo id (default: $KVL_MODEL or the user config).")]
 
 
 def chat(
@@ -33,11 +32,14 @@ def chat(
     json_out: Annotated[bool, typer.Option("--json", help="Print answer, reasoning, token counts and timings as JSON.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
     dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16 (default: the checkpoint's).")] = None,
+    backend: BackendOpt = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
 ) -> None:
     """Talk to the model: text, images, multi-turn."""
-    from kvl_core.engine import Engine
+    from kvl_core.backend import load_engine
 
-    engine = Engine.load(model, device=device, dtype=dtype)
+    engine = load_engine(model, backend, base_url, api_key, device=device, dtype=dtype)
     options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                    repetition_penalty=repetition_penalty, seed=seed, thinking_budget=thinking_budget)
     history = [{"role": "system", "content": system}] if system else []

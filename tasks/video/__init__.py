@@ -15,6 +15,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from kvl_cli.options import ApiKeyOpt, BaseUrlOpt, ModelBackendOpt, ModelOpt
+
 app = typer.Typer(name="video", help="Video: scene splitting with exact cut frames, timestamps and descriptions.",
                   no_args_is_help=True, rich_markup_mode="rich", add_completion=False)
 
@@ -76,7 +78,10 @@ def scenes_command(
     split_mode: Annotated[SplitMode, typer.Option(help="auto: stream copy where the scene starts and ends on keyframes, re-encode elsewhere (exact frames either way).")] = SplitMode.auto,
     images: Annotated[Optional[Path], typer.Option(help="Save keyframes (JPEG) of every scene into this folder.", show_default=False)] = None,
     num_images: Annotated[int, typer.Option("--num-images", "-n", min=1, max=50, help="Keyframes per scene for --images.")] = 3,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint dir or cached HF repo id (default: $KVL_MODEL or the user config).", show_default=False)] = None,
+    model: ModelOpt = None,
+    model_backend: ModelBackendOpt = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
     frames_per_scene: Annotated[int, typer.Option(min=1, max=16, help="Keyframes shown to the model per scene.")] = 3,
     max_frames: Annotated[int, typer.Option(min=2, max=256, help="--mode model: frames sampled across the video (fewer when the context is small).")] = 64,
     max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help="Answer budget per model call (default: 96 per scene, 1024 for --mode model; capped by the context).", show_default=False)] = None,
@@ -91,6 +96,7 @@ def scenes_command(
 ) -> None:
     """Split a video into scenes: exact cut frames and times, and (with a model) a description of each scene."""
     from kvl_cli.output import err_console, print_warning, progress
+    from kvl_core.backend import load_engine, resolve_backend
     from kvl_core.errors import KvlError
     from kvl_core.hub import configured_model_spec
 
@@ -102,13 +108,17 @@ def scenes_command(
     fmt_name = export.format_for(out, fmt.value if fmt else None)
     t_start = parse_time(start, "--start") if start is not None else None
     t_end = parse_time(end, "--end") if end is not None else None
+    remote = resolve_backend(model_backend, base_url) == "openai"
     if describe is None:
-        describe = mode is Mode.model or configured_model_spec(model) is not None
+        describe = mode is Mode.model or remote or configured_model_spec(model) is not None
     if mode is Mode.model and not describe:
         raise KvlError("--mode model asks the model to split the video: it cannot be combined with --no-describe")
     show = not quiet
     bars = show and err_console.is_terminal  # a progress bar on a pipe or in a log only adds noise
-    if describe:  # fail before a long scan, not after it
+    engine = None
+    if describe and remote:  # fail before a long scan, not after it (a server is cheap to ask)
+        engine = load_engine(model, model_backend, base_url, api_key)
+    elif describe:
         from kvl_core.hub import resolve_model
 
         resolve_model(model)
@@ -128,7 +138,11 @@ def scenes_command(
         err_console.print(f"[dim]{n} scene{'s' * (n != 1)} in {result.frames_scanned} frames, "
                           f"{result.seconds:.1f} s ({fps:.0f} frames/s), detector {detector.value}[/dim]")
     if describe and not result.partial:
-        _describe(result, mode, model, device, dtype, frames_per_scene, max_frames,
+        if engine is None:
+            if show:
+                err_console.print("[dim]loading the model ...[/dim]")
+            engine = load_engine(model, model_backend, base_url, api_key, device=device, dtype=dtype)
+        _describe(result, mode, engine, frames_per_scene, max_frames,
                   {"temperature": temperature, "seed": seed, "max_new_tokens": max_new_tokens}, show)
     text = export.render(result, fmt_name)
     if out is not None:
@@ -166,17 +180,12 @@ def scenes_command(
             split_video(result, split, split_mode.value, on_scene=lambda s: bar.advance(task))
 
 
-def _describe(result, mode: Mode, model, device, dtype, frames_per_scene, max_frames, options: dict,
-              show: bool) -> None:
+def _describe(result, mode: Mode, engine, frames_per_scene, max_frames, options: dict, show: bool) -> None:
     from kvl_cli.output import err_console, print_warning, progress
-    from kvl_core.engine import Engine
 
     from .describe import describe_scenes, model_scenes
 
-    if show:
-        err_console.print("[dim]loading the model ...[/dim]")
     bars = show and err_console.is_terminal
-    engine = Engine.load(model, device=device, dtype=dtype)
     if mode is Mode.model:
         try:
             model_scenes(engine, result, max_frames=max_frames, **options)

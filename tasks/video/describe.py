@@ -44,10 +44,9 @@ class Budget:
 
 
 def _context(engine: Any) -> int | None:
-    try:
-        return int(engine.model.config.text.max_position_embeddings)
-    except AttributeError:  # a scripted engine in tests: no limit to respect
-        return None
+    from kvl_core.backend import context_length
+
+    return context_length(engine)  # None for a scripted engine in tests: no limit to respect
 
 
 def _prompt_tokens(engine: Any, prompt: str, label: str | None = None) -> tuple[int, int]:
