@@ -16,6 +16,8 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
+from kvl_cli.options import ApiKeyOpt, BackendOpt, BaseUrlOpt, ModelOpt
+
 
 class AgentGroup(TyperGroup):
     """`kvl agent WORD ...`: WORD names a subcommand when it is one, otherwise it is the instruction."""
@@ -69,11 +71,12 @@ ALLOW_GROUPS = {"mouse": ("click", "doubleclick", "rightclick", "move", "drag", 
                 "keyboard": ("type", "press", "hotkey")}
 
 
-def load_engine(model: Optional[str], device: str, dtype: Optional[str]):
-    """The one place the agent loads a model (a later --backend option swaps this)."""
-    from kvl_core.engine import Engine
+def load_engine(model: Optional[str], device: str, dtype: Optional[str], backend: Optional[str] = None,
+                base_url: Optional[str] = None, api_key: Optional[str] = None):
+    """The one place the agent loads a model: this machine, or an OpenAI-compatible server."""
+    from kvl_core.backend import load_engine as load
 
-    return Engine.load(model, device=device, dtype=dtype)
+    return load(model, backend, base_url, api_key, device=device, dtype=dtype)
 
 
 def parse_allow(value: Optional[str]) -> frozenset[str]:
@@ -163,7 +166,10 @@ def agent(
     trajectory: Annotated[Optional[Path], typer.Option(help="Folder for the trajectory (screenshots, traj.jsonl, summary.json, report.html). Default: ./kvl-agent-runs/<time>.", show_default=False)] = None,
     allow: Annotated[Optional[str], typer.Option(help="Action kinds the agent may use, comma-separated: click, doubleclick, rightclick, move, drag, scroll, type, press, hotkey, or the groups mouse, keyboard (default: all).", show_default=False)] = None,
     log_typed_text: Annotated[bool, typer.Option("--log-typed-text", help="Write typed text into the trajectory (default: only its length, since it may be a secret).")] = False,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint dir or cached HF repo id (default: $KVL_MODEL or the user config).", show_default=False)] = None,
+    model: ModelOpt = None,
+    backend: BackendOpt = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help="Answer budget per step (default: the checkpoint's).", show_default=False)] = None,
     temperature: Annotated[Optional[float], typer.Option(min=0.0, help="Sampling temperature (default: the checkpoint's; 0 = greedy).", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling.", show_default=False)] = None,
@@ -182,7 +188,8 @@ def agent(
         raise KvlError("the instruction is empty: say what the agent should do, e.g. kvl agent \"Open Settings\"")
     allowed = parse_allow(allow)
     folder = trajectory or Path("kvl-agent-runs") / time.strftime("%Y%m%d-%H%M%S")
-    result = run_command(instruction.strip(), folder, model=model, device=device, dtype=dtype, max_steps=max_steps,
+    result = run_command(instruction.strip(), folder, model=model, backend=backend, base_url=base_url,
+                         api_key=api_key, device=device, dtype=dtype, max_steps=max_steps,
                          dry_run=dry_run, confirm=confirm, monitor=monitor, history=history, allow=allowed,
                          log_typed_text=log_typed_text, settle=settle, quiet=quiet,
                          sampling={k: v for k, v in {"max_new_tokens": max_new_tokens, "temperature": temperature,
@@ -197,7 +204,8 @@ def agent(
 
 
 def run_command(instruction: str, folder: Path, *, model, device, dtype, max_steps, dry_run, confirm, monitor,
-                history, allow, log_typed_text, settle, quiet, sampling) -> dict:
+                history, allow, log_typed_text, settle, quiet, sampling, backend=None, base_url=None,
+                api_key=None) -> dict:
     """Open the trajectory, the screen and the model, run the loop; the trajectory records failures too."""
     from kvl_cli.output import err_console
     from kvl_core.errors import KvlError
@@ -221,7 +229,7 @@ def run_command(instruction: str, folder: Path, *, model, device, dtype, max_ste
         executor = None if dry_run else Executor(screen)
         if not quiet:
             err_console.print("[dim]loading the model ...[/dim]", highlight=False)
-        engine = load_engine(model, device, dtype)
+        engine = load_engine(model, device, dtype, backend, base_url, api_key)
         summary["model"] = getattr(engine, "name", model)
         if not quiet:
             mode = "dry run: nothing will be executed" if dry_run else (
@@ -257,7 +265,10 @@ def ground_command(
     target: Annotated[str, typer.Argument(metavar="TARGET", help="What to find, e.g. \"the Save button\".", show_default=False)],
     box: Annotated[Optional[str], typer.Option(help="The target's box as x1,y1,x2,y2 in pixels: also report whether the point hits it.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the screenshot with the point marked to this image file.", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Checkpoint dir or cached HF repo id (default: $KVL_MODEL or the user config).", show_default=False)] = None,
+    model: ModelOpt = None,
+    backend: BackendOpt = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help="Answer budget (default: the checkpoint's).", show_default=False)] = None,
     temperature: Annotated[Optional[float], typer.Option(min=0.0, help="Sampling temperature (default: the checkpoint's).", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling.", show_default=False)] = None,
@@ -279,7 +290,7 @@ def ground_command(
     from .ground import ground, point_in_box
 
     image = load_image(data, name=str(screenshot))
-    engine = load_engine(model, device, dtype)
+    engine = load_engine(model, device, dtype, backend, base_url, api_key)
     sampling = {k: v for k, v in {"max_new_tokens": max_new_tokens, "temperature": temperature,
                                   "seed": seed}.items() if v is not None}
     g = ground(engine, image, target.strip(), **sampling)

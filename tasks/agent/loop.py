@@ -86,10 +86,11 @@ def fit_messages(engine, instruction: str, history: list[str], images: list, res
     screenshot is a KvlError naming the numbers, not a silent truncation."""
     messages = build_messages(instruction, history, images)
     processor = getattr(engine, "processor", None)
-    try:
-        limit = int(engine.model.config.text.max_position_embeddings)
-    except (AttributeError, TypeError, ValueError):
-        return messages  # an engine that does not say (a remote backend): it enforces its own limit
+    from kvl_core.backend import context_length
+
+    limit = context_length(engine)
+    if limit is None:
+        return messages  # an engine that does not say: it enforces its own limit
     if processor is None:
         return messages
     from kvl_core.errors import KvlError

@@ -22,7 +22,7 @@ def kvl(monkeypatch, capsys):
 
     def call(engine, *argv):
         if engine is not None:
-            monkeypatch.setattr(agent, "load_engine", lambda model, device, dtype: engine)
+            monkeypatch.setattr(agent, "load_engine", lambda model, device, dtype, *backend: engine)
         capsys.readouterr()
         code = run(app, [str(a) for a in argv])
         out, err = capsys.readouterr()

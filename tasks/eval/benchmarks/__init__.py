@@ -1,0 +1,1 @@
+"""The built-in `kvl eval` benchmarks, registered under the `kvl.benchmarks` entry-point group (docs/eval.md)."""

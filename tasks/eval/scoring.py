@@ -1,0 +1,266 @@
+"""Answer extraction and string metrics shared by the built-in benchmarks (tasks.md §3.2).
+
+Each function is our own implementation of a rule a reference harness applies; the docstrings name the
+harness and the rule, tasks.md §3.2 has the pseudo-code. All pure: text in, value out.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Mapping, Sequence
+
+THINK_OPEN, THINK_CLOSE = "◁think▷", "◁/think▷"
+
+
+def strip_thinking(text: str | None) -> str:
+    """What a harness scores of a thinking model's output (VLMEvalKit kimi_vl `extract_summary`): the text after
+    the last `◁/think▷`; an opened block that never closed (a truncated output) is an empty answer."""
+    text = text or ""
+    if THINK_CLOSE in text:
+        return text.rsplit(THINK_CLOSE, 1)[1].strip()
+    if THINK_OPEN in text:
+        return ""
+    return text.strip()
+
+
+# ---- edit distances ------------------------------------------------------------------------------------
+
+def levenshtein(a: Sequence, b: Sequence) -> int:
+    """Unit-cost insert/delete/substitute distance. Strings use Myers' bit-parallel algorithm (one big-int
+    pass per character: whole pages of OCR in milliseconds); other sequences the O(n·m) table."""
+    if isinstance(a, str) and isinstance(b, str):
+        return _myers(a, b) if len(a) <= len(b) else _myers(b, a)
+    if len(a) < len(b):
+        a, b = b, a
+    if not b:
+        return len(a)
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def _myers(a: str, b: str) -> int:
+    """Levenshtein distance by Myers/Hyyrö bit vectors, the pattern `a` held in one Python int."""
+    if not a:
+        return len(b)
+    m = len(a)
+    full, last = (1 << m) - 1, 1 << (m - 1)
+    peq: dict[str, int] = {}
+    for i, c in enumerate(a):
+        peq[c] = peq.get(c, 0) | (1 << i)
+    pv, mv, score = full, 0, m
+    for c in b:
+        eq = peq.get(c, 0)
+        xv = eq | mv
+        xh = (((eq & pv) + pv) ^ pv) | eq
+        ph = (mv | ~(xh | pv)) & full
+        mh = pv & xh
+        if ph & last:
+            score += 1
+        elif mh & last:
+            score -= 1
+        ph = ((ph << 1) | 1) & full
+        mh = (mh << 1) & full
+        pv = (mh | ~(xv | ph)) & full
+        mv = ph & xv
+    return score
+
+
+def indel_ratio(a: str, b: str) -> float:
+    """rapidfuzz's `fuzz.ratio` / 100: 1 - indel distance / (len a + len b), where indel = a + b - 2·LCS."""
+    if not a and not b:
+        return 1.0
+    if len(a) < len(b):
+        a, b = b, a
+    prev = [0] * (len(b) + 1)
+    for ca in a:
+        cur = [0]
+        for j, cb in enumerate(b, 1):
+            cur.append(prev[j - 1] + 1 if ca == cb else max(prev[j], cur[j - 1]))
+        prev = cur
+    return 2 * prev[-1] / (len(a) + len(b))
+
+
+def best_substring_distance(query: str, text: str) -> int:
+    """The fewest edits turning `query` into some substring of `text` (Sellers' semi-global alignment): the
+    question fuzzysearch's `find_near_matches(max_l_dist=d)` answers."""
+    if not query:
+        return 0
+    prev = list(range(len(query) + 1))  # column for the empty text prefix
+    best = prev[-1]
+    for ch in text:
+        cur = [0]  # a match may start anywhere in the text: free leading gap
+        for i, cq in enumerate(query, 1):
+            cur.append(min(prev[i] + 1, cur[i - 1] + 1, prev[i - 1] + (cq != ch)))
+        prev = cur
+        best = min(best, cur[-1])
+        if best == 0:
+            break
+    return best
+
+
+def near_match_starts(query: str, text: str, max_dist: int) -> list[int]:
+    """Start offsets of the substrings of `text` within `max_dist` edits of `query` (exact: every occurrence)."""
+    if max_dist == 0:
+        return [m.start() for m in re.finditer(re.escape(query), text)] if query else [0]
+    starts = []
+    # End positions with a good alignment, then the start of that alignment (track it through the DP).
+    prev = list(range(len(query) + 1))
+    prev_start = [0] * (len(query) + 1)
+    for j, ch in enumerate(text, 1):
+        cur, cur_start = [0], [j]
+        for i, cq in enumerate(query, 1):
+            opts = ((prev[i - 1] + (cq != ch), prev_start[i - 1]), (prev[i] + 1, prev_start[i]),
+                    (cur[i - 1] + 1, cur_start[i - 1]))
+            d, s = min(opts)
+            cur.append(d)
+            cur_start.append(s)
+        if cur[-1] <= max_dist:
+            starts.append(cur_start[-1])
+        prev, prev_start = cur, cur_start
+    return sorted(set(starts))
+
+
+# ---- ANLS -------------------------------------------------------------------------------------------
+
+def anls(prediction: str, answers: Sequence[str], threshold: float = 0.5) -> float:
+    """DocVQA/InfoVQA ANLS of one prediction (VLMEvalKit `anls_compute`, lmms-eval `anls`): normalise both
+    sides (strip, lower, collapse spaces), but divide the distance by the length of the *raw* strings; a
+    similarity below the threshold counts 0."""
+    def norm(s: str) -> str:
+        return " ".join(str(s).strip().lower().split())
+
+    best = 0.0
+    for gt in answers:
+        gt = str(gt)
+        length = max(len(gt.upper()), len(prediction.upper()))
+        nl = levenshtein(norm(gt), norm(prediction)) / length if length else 0.0
+        best = max(best, 1.0 - nl)
+    return best if best >= threshold else 0.0
+
+
+# ---- multiple choice -------------------------------------------------------------------------------
+
+REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
+            "I'm sorry, but without the image provided", "Cannot determine the answer")
+
+
+def can_infer_option(answer: str, choices: Mapping[str, str]) -> str | None:
+    """VLMEvalKit `can_infer_option`: blank out `.()[],:;!*#{}`, split on whitespace; exactly one choice letter
+    among the tokens, and among the last ones, is the answer; no letter but a lone `Z` is Z; a refusal is Z;
+    else the bold `answer is **X**` phrase."""
+    if any(r in answer for r in REFUSALS):
+        return "Z"
+    mod = answer
+    for c in ".()[],:;!*#{}":
+        mod = mod.replace(c, " ")
+    splits = mod.split()
+    hits = [c for c in choices if c in splits]
+    if len(hits) == 1:
+        if splits.index(hits[0]) > len(splits) - 5:
+            return hits[0]
+    elif not hits and "Z" in splits:
+        return "Z"
+    m = re.search(r"(?:correct )?answer is:?\s*\*\*\(?([A-Z])\)?\*\*", answer, re.IGNORECASE)
+    if m and m.group(1).upper() in choices:
+        return m.group(1).upper()
+    return None
+
+
+def can_infer_text(answer: str, choices: Mapping[str, str]) -> str | None:
+    """VLMEvalKit `can_infer_text`: the one option whose text is a substring of a not-too-long answer."""
+    low = answer.lower()
+    if len(low) > 2 * sum(len(str(v)) for v in choices.values()):
+        return None
+    hits = [k for k, v in choices.items() if str(v).lower() and str(v).lower() in low]
+    return hits[0] if len(hits) == 1 else None
+
+
+def can_infer(answer: str, choices: Mapping[str, str]) -> str | None:
+    """VLMEvalKit `can_infer` (exact-matching mode): the letter, "Z" for a refusal, None when unparsable."""
+    answer = str(answer)
+    return can_infer_option(answer, choices) or can_infer_text(answer, choices)
+
+
+_FORMATS = (  # (rank, pattern): lmms-eval's priority extractor as tasks.md §3.2 describes it
+    (7, r"answer\s*(?:is|:)\s*:?\s*\(?\**([{L}])\b"),
+    (6, r"\(([{L}])\)"),
+    (5, r"(?<![A-Za-z])([{L}])\."),
+    (4, r"(?<![A-Za-z])([{L}]):"),
+    (3, r"(?<![A-Za-z(])([{L}])\)"),
+    (2, r"(?<![A-Za-z])([{L}])(?= )"),
+)
+
+
+def extract_mcq_answer(text: str, letters: Sequence[str] = "ABCD") -> str:
+    """The letter a free-form answer picks: a bare letter at the start (rank 10) beats one at the end (9), then
+    "answer is X" (7), "(X)" (6), "X." (5), "X:" (4), "X)" (3), "X " (2); within the best rank the last
+    occurrence wins. "" when no letter is found."""
+    text = (text or "").strip()
+    if not text:
+        return ""
+    L = "".join(letters)
+    best: tuple[int, int, str] | None = None
+
+    def offer(rank: int, pos: int, letter: str) -> None:
+        nonlocal best
+        if best is None or (rank, pos) > (best[0], best[1]):
+            best = (rank, pos, letter)
+
+    m = re.match(rf"[\s*(\[]*([{L}])(?![A-Za-z0-9])", text)
+    if m:
+        offer(10, m.start(1), m.group(1))
+    m = re.search(rf"(?<![A-Za-z0-9])([{L}])[\s*).\]]*$", text)
+    if m:
+        offer(9, m.start(1), m.group(1))
+    for rank, pat in _FORMATS:
+        for m in re.finditer(pat.replace("{L}", L), text, re.IGNORECASE if rank == 7 else 0):
+            if m.group(1).upper() in L:
+                offer(rank, m.start(1), m.group(1).upper())
+    return best[2] if best else ""
+
+
+VIDEO_PREFIXES = ("The best answer is", "The correct answer is", "The answer is", "The answer",
+                  "The best option isThe correct option is", "Best answer:Best option:", "Answer:", "Option:")
+
+
+def first_letter_after_prefixes(text: str, letters: str = "ABCD") -> str:
+    """Video-MME/LongVideoBench `extract_characters_regex`: strip the answer prefixes (including the two
+    accidentally concatenated ones of the reference), then: more than 10 words and no option letter -> "";
+    otherwise the first option letter in the text."""
+    s = text.strip()
+    for p in VIDEO_PREFIXES:
+        s = s.replace(p, "")
+    if len(s.split()) > 10 and not re.search(f"[{letters}]", s):
+        return ""
+    m = re.search(f"[{letters}]", s)
+    return m.group(0) if m else ""
+
+
+# ---- boxed answers -------------------------------------------------------------------------------------
+
+def last_boxed(text: str) -> str | None:
+    r"""The content of the last `\boxed{...}` with nested braces matched (VLMEvalKit kimi_vl boxed mode)."""
+    i = text.rfind("\\boxed{")
+    if i < 0:
+        return None
+    depth, j = 1, i + len("\\boxed{")
+    start = j
+    while j < len(text):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:j].strip()
+        j += 1
+    return None
+
+
+def letters_of(n: int) -> str:
+    return string.ascii_uppercase[:n]
