@@ -245,21 +245,12 @@ def first_letter_after_prefixes(text: str, letters: str = "ABCD") -> str:
 # ---- boxed answers -------------------------------------------------------------------------------------
 
 def last_boxed(text: str) -> str | None:
-    r"""The content of the last `\boxed{...}` with nested braces matched (VLMEvalKit kimi_vl boxed mode)."""
-    i = text.rfind("\\boxed{")
-    if i < 0:
-        return None
-    depth, j = 1, i + len("\\boxed{")
-    start = j
-    while j < len(text):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start:j].strip()
-        j += 1
-    return None
+    r"""The content of the last `\boxed{...}` with nested braces matched (VLMEvalKit kimi_vl boxed mode);
+    the same extractor the RL rewards use."""
+    from kvl_core.training.rewards import last_boxed as extract
+
+    found = extract(text)
+    return found.strip() if found is not None else None
 
 
 def letters_of(n: int) -> str:
