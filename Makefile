@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # `make install TORCH=` after installing it into $(VENV) yourself.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test test-slow bench lint clean
+.PHONY: install test test-slow bench lint clean nano
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,14 @@ test-slow:
 
 bench:
 	@set -e; for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f; done
+
+# Retrain the built-in kvl-nano from scratch through every stage (about an hour on 2 CPU cores, see
+# docs/nano.md), evaluate it on the held-out sets and ship it into the package with its figures.
+nano:
+	$(BIN)/kvl train --recipe nano --out runs/nano --resume --export kvl_core/assets/kvl-nano
+	mkdir -p docs/nano
+	cp runs/nano/recipe.png docs/nano/recipe.png
+	for s in vit align pretrain sft; do cp runs/nano/$$s/loss.png docs/nano/$$s-loss.png; done
 
 # Optional: uses ruff if it is installed (venv or PATH); kvl does not depend on a linter.
 lint:

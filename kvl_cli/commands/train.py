@@ -14,12 +14,15 @@ from kvl_cli.output import err_console, print_json
 
 STAGES_HELP = "vit | align | pretrain | cooldown | longctx | sft | cot-sft | rl"
 RL = "RL (--stage rl, docs/rl.md)"
+RECIPE = "Recipes (--recipe, docs/nano.md)"
 
 
 def train(
-    stage: Annotated[str, typer.Option(help=f"Which stage of the paper: {STAGES_HELP}.")],
-    data: Annotated[list[str], typer.Option("--data", help="JSONL file(s) as [TAG=]PATH[:WEIGHT]; tags name mixture groups (long= for longctx).")],
-    out: Annotated[str, typer.Option(help="Run folder: checkpoints step_*/, final/, metrics.jsonl, loss.png.")],
+    stage: Annotated[Optional[str], typer.Option(help=f"Which stage of the paper: {STAGES_HELP}.", show_default=False)] = None,
+    data: Annotated[Optional[list[str]], typer.Option("--data", help="JSONL file(s) as [TAG=]PATH[:WEIGHT]; tags name mixture groups (long= for longctx).", show_default=False)] = None,
+    out: Annotated[Optional[str], typer.Option(help="Run folder: checkpoints step_*/, final/, metrics.jsonl, loss.png (--recipe: default runs/RECIPE).", show_default=False)] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="Run a whole multi-stage recipe on generated data instead: nano (the built-in kvl-nano) or smoke.", rich_help_panel=RECIPE, show_default=False)] = None,
+    export: Annotated[Optional[str], typer.Option(help="With --recipe: write the final model here as a shippable bf16 folder.", rich_help_panel=RECIPE, show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option(help="Start from this checkpoint (the previous stage's final/).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Or start from a fresh model of this preset (tiny, ...).")] = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 100,
@@ -54,7 +57,17 @@ def train(
     reward_config: Annotated[Optional[str], typer.Option(help="JSON reward config (checkers, options, length weight).", rich_help_panel=RL)] = None,
 ) -> None:
     """Train Kimi-VL with Muon: any stage of the paper, from a checkpoint or a fresh preset."""
+    from kvl_core.errors import KvlError
     from kvl_core.training.trainer import TrainConfig, train as run_training
+
+    if recipe is not None:
+        summary = run_recipe(recipe, out or f"runs/{recipe}", seed=seed, resume=resume, device=device,
+                             export=export, quiet=json_out)
+        if json_out:
+            print_json(summary)
+        return
+    if stage is None or not data or out is None:
+        raise KvlError("say what to train: --stage NAME --data FILE.jsonl --out DIR, or --recipe NAME")
 
     if stage == "rl":
         from kvl_core.training.rl import RLConfig, train_rl
@@ -81,6 +94,72 @@ def train(
         summary = run_training(cfg, on_event=report)
     if json_out and not quiet:
         print_json(summary)
+
+
+def run_recipe(name: str, out: str, seed: int = 0, resume: bool = False, device: str = "auto",
+               export: str | None = None, quiet: bool = False) -> dict:
+    """Every stage of a recipe, then its held-out evaluation (`kvl eval nano-ocr / nano-ground`), then
+    optionally the export of the final model with its metrics."""
+    import json
+    from pathlib import Path
+
+    from kvl_core.training import recipes
+
+    rec = recipes.recipe(name)
+    with _Reporter(disable=quiet) as report:
+        summary = recipes.run(rec, out, seed=seed, resume=resume, device=device, on_event=report)
+    summary["eval"] = evaluate_heldout(summary, Path(out) / "eval", device=device, quiet=quiet)
+    (Path(out) / "recipe.json").write_text(json.dumps(summary, indent=1) + "\n")
+    recipes.plot_recipe(Path(out))
+    if export:
+        recipes.export(summary["final"], export, extra={"recipe": name, "seed": seed, "eval": summary["eval"],
+                                                        "stages": summary["stages"]})
+        if not quiet:
+            err_console.print(f"[green]exported[/]: {export}")
+    return summary
+
+
+def evaluate_heldout(summary: dict, out, device: str = "auto", quiet: bool = False) -> dict:
+    """Score the final model on the recipe's held-out sets with the kvl eval benchmarks of the same kind."""
+    import shutil
+    from pathlib import Path
+
+    from kvl_cli.output import print_warning, progress
+    from kvl_core.errors import KvlError
+    from kvl_tasks.eval import get_benchmark
+    from kvl_tasks.eval.runner import EvalOptions, load_engine, run_eval
+
+    dev = "cuda" if device == "auto" and _cuda() else ("cpu" if device == "auto" else device)
+    engine = None
+
+    def factory():
+        nonlocal engine
+        engine = engine or load_engine(summary["final"], dev, None)
+        return engine
+
+    results = {}
+    for kind, data in summary.get("heldout", {}).items():
+        bench = get_benchmark(f"nano-{kind}", {})
+        shutil.rmtree(Path(out) / kind, ignore_errors=True)  # always score the model as it is now
+        try:
+            with progress("sample", disable=quiet) as bar:
+                r = run_eval(bench, Path(data), None, Path(out) / kind, EvalOptions(batch_size=16), factory, bar,
+                             print_warning)
+        except KvlError as e:  # e.g. the smoke recipe's 512-token tiny model cannot hold the GUI prompt
+            results[kind] = {"error": str(e)}
+            print_warning(f"held-out {kind}: {e}")
+            continue
+        results[kind] = {"metrics": r.summary.get("metrics"), "samples": r.samples}
+        if not quiet:
+            err_console.print(f"[bold]held-out {kind}[/]: " + ", ".join(
+                f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in (r.summary.get("metrics") or {}).items()))
+    return results
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 class _Reporter:

@@ -233,6 +233,48 @@ def run(rec: Recipe, out: str | Path, seed: int = 0, resume: bool = False, devic
     return summary
 
 
+def plot_recipe(out: Path) -> Path | None:
+    """`out/recipe.png`: each stage's training loss side by side, and the held-out metrics (with the
+    random-click baseline) when recipe.json has them. Skipped quietly without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    summary = json.loads((out / "recipe.json").read_text())
+    stages = list(summary.get("stages", {}))
+    evals = {k: v.get("metrics") for k, v in summary.get("eval", {}).items() if v.get("metrics")}
+    n = len(stages) + (1 if evals else 0)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
+    for ax, name in zip(axes[0], stages):
+        rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1)
+        ax.set_title(f"{name} ({summary['stages'][name]['seconds'] / 60:.0f} min)")
+        ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.grid(alpha=0.3)
+    if evals:
+        ax = axes[0][-1]
+        bars = {}
+        if "ocr" in evals:
+            bars["OCR CER %"] = evals["ocr"].get("cer")
+            bars["OCR structure %"] = evals["ocr"].get("structure")
+        if "ground" in evals:
+            bars["click in box %"] = evals["ground"].get("accuracy")
+            bars["random click %"] = evals["ground"].get("random_baseline")
+        bars = {k: v for k, v in bars.items() if isinstance(v, (int, float))}
+        ax.barh(list(bars), list(bars.values()), color=["#c44", "#48c", "#4a4", "#aaa"][: len(bars)])
+        for i, v in enumerate(bars.values()):
+            ax.text(v, i, f" {v:.1f}", va="center")
+        ax.set_xlim(0, 110), ax.set_title("held-out")
+    fig.suptitle(f"kvl train --recipe {summary['recipe']['name']} (seed {summary.get('seed', 0)})")
+    fig.tight_layout()
+    png = out / "recipe.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
 SHIPPED_FILES = ("config.json", "tiktoken.model", "tokenizer_config.json", "preprocessor_config.json")
 
 
@@ -265,4 +307,4 @@ def export(final: str | Path, dest: str | Path, dtype: str = "bfloat16",
     return dest
 
 
-__all__ = ["Recipe", "StageRun", "RECIPES", "recipe", "run", "prepare_data", "nano", "smoke", "export"]
+__all__ = ["Recipe", "StageRun", "RECIPES", "recipe", "run", "prepare_data", "nano", "smoke", "export", "plot_recipe"]
