@@ -31,7 +31,7 @@ nano:
 	$(BIN)/kvl train --recipe nano --out runs/nano --resume --export kvl_core/assets/kvl-nano
 	mkdir -p docs/nano
 	cp runs/nano/recipe.png docs/nano/recipe.png
-	for s in vit align pretrain sft; do cp runs/nano/$$s/loss.png docs/nano/$$s-loss.png; done
+	for s in $$(ls runs/nano/*/loss.png | xargs -n1 dirname | xargs -n1 basename); do cp runs/nano/$$s/loss.png docs/nano/$$s-loss.png; done
 
 # Optional: uses ruff if it is installed (venv or PATH); kvl does not depend on a linter.
 lint:

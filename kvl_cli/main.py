@@ -96,7 +96,7 @@ class _NoticeHandler(logging.Handler):
     """`kvl.notice` log records (e.g. "using the built-in demo model") as one dim line on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        err_console.print(record.getMessage(), style="dim", markup=False, highlight=False)
+        err_console.print(record.getMessage(), style="dim", markup=False, highlight=False, soft_wrap=True)
 
 
 def _setup_notices() -> None:

@@ -32,8 +32,8 @@ HOW_TO_GET = (
 # Small models of our own architecture shipped inside the package, loaded like any checkpoint.
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_MODELS = {
-    "kvl-nano": "6.3M-parameter demo trained by `kvl train --recipe nano` on generated data: OCR of short "
-                "clean documents to markdown and GUI grounding on simple screens, nothing else",
+    "kvl-nano": "6.3M parameters, trained from scratch on generated documents and screens by `kvl train "
+                "--recipe nano`; a demo of the pipeline, not a reader",
 }
 DEFAULT_MODEL = "kvl-nano"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
@@ -96,9 +96,29 @@ def builtin_model(name: str) -> Path | None:
     return path if name in BUILTIN_MODELS and (path / "config.json").exists() else None
 
 
+def builtin_quality(name: str) -> str:
+    """The held-out metrics the shipped weights were exported with (kvl_model.json), in words."""
+    import json
+
+    path = builtin_model(name)
+    try:
+        ev = json.loads((path / "kvl_model.json").read_text()).get("eval", {}) if path else {}
+    except (OSError, ValueError):
+        return ""
+    parts = []
+    if "cer" in ev.get("ocr", {}).get("metrics", {}):
+        parts.append(f"held-out OCR CER {ev['ocr']['metrics']['cer']:.0f}%")
+    if "accuracy" in ev.get("ground", {}).get("metrics", {}):
+        g = ev["ground"]["metrics"]
+        parts.append(f"click-in-box {g['accuracy']:.0f}% (random {g.get('random_baseline', 0):.1f}%)")
+    return ", ".join(parts)
+
+
 def default_notice(name: str = DEFAULT_MODEL) -> str:
-    return (f"using {name}, the built-in demo model ({BUILTIN_MODELS[name]}); pass --model or set KVL_MODEL "
-            "for a real checkpoint such as moonshotai/Kimi-VL-A3B-Instruct")
+    quality = builtin_quality(name)
+    return (f"using {name}, the built-in demo model ({BUILTIN_MODELS[name]}"
+            f"{'; ' + quality if quality else ''}); pass --model or set KVL_MODEL for a real checkpoint "
+            "such as moonshotai/Kimi-VL-A3B-Instruct")
 
 
 def resolve_model(spec: str | None = None) -> Path:

@@ -21,7 +21,8 @@ def list_models() -> list[dict[str, Any]]:
         path = hub.builtin_model(name)
         rows.append({"name": name, "kind": "built-in", "path": str(path) if path else None,
                      "size_mb": _size_mb(path) if path else None, "installed": path is not None,
-                     "default": not configured and name == hub.DEFAULT_MODEL, "about": what})
+                     "default": not configured and name == hub.DEFAULT_MODEL,
+                     "about": "; ".join(x for x in (what, hub.builtin_quality(name)) if x)})
     cache = hub.hf_cache_dir()
     for repo_dir in sorted(cache.glob("models--*")) if cache.is_dir() else []:
         repo = repo_dir.name.removeprefix("models--").replace("--", "/")

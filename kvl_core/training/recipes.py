@@ -38,6 +38,11 @@ class StageRun:
     seq_len: int
     batch_tokens: int
     micro_rows: int = 4
+    name: str = ""  # run folder and log key (default: the stage name; set it when a stage repeats)
+
+    @property
+    def key(self) -> str:
+        return self.name or self.stage
 
 
 @dataclass
@@ -187,7 +192,7 @@ def prepare_tokenizer(rec: Recipe, out: Path, paths: dict[str, Path]) -> Path | 
 
 
 def run(rec: Recipe, out: str | Path, seed: int = 0, resume: bool = False, device: str = "auto",
-        on_event: Callable[[str, dict], None] | None = None, only: list[str] | None = None) -> dict[str, Any]:
+        on_event: Callable[[str, dict], None] | None = None) -> dict[str, Any]:
     """Run every stage of `rec` in order; returns the summary written to recipe.json."""
     from kvl_core.training.trainer import TrainConfig, train
 
@@ -208,9 +213,9 @@ def run(rec: Recipe, out: str | Path, seed: int = 0, resume: bool = False, devic
 
     previous: Path | None = None
     for st in rec.stages:
-        stage_dir = out / st.stage
+        stage_dir = out / st.key
         final = stage_dir / "final"
-        if final.exists() and (only is None or st.stage not in only):
+        if final.exists():
             previous = final
             continue
         specs = [f"{data[k]}:{w}" if w else str(data[k]) for k, w in _kinds(st.data)]
@@ -219,11 +224,12 @@ def run(rec: Recipe, out: str | Path, seed: int = 0, resume: bool = False, devic
                           seed=seed, device=device, resume=stage_dir.exists(),
                           model=str(previous) if previous else None,
                           preset=None if previous else rec.preset,
-                          tokenizer=str(tokenizer) if tokenizer and not previous else None, save_every=max(50, st.steps // 4), keep=1)
+                          tokenizer=str(tokenizer) if tokenizer and not previous else None,
+                          save_every=max(50, st.steps // 4), keep=1)
         t1 = time.perf_counter()
         result = train(cfg, on_event=emit)
-        summary["stages"][st.stage] = {"seconds": round(time.perf_counter() - t1, 1), "steps": st.steps,
-                                       "loss": result.get("loss"), "final": str(final)}
+        summary["stages"][st.key] = {"seconds": round(time.perf_counter() - t1, 1), "steps": st.steps,
+                                     "loss": result.get("loss"), "final": str(final)}
         log_path.write_text(json.dumps(summary, indent=1) + "\n")
         previous = final
     summary["final"] = str(previous)
