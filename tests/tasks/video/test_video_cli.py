@@ -123,7 +123,10 @@ def test_ctrl_c_writes_a_consistent_partial_list(vids, video_cli, tmp_path, monk
     assert data["scenes"][-1]["end_frame"] == 64
 
 
-def test_describe_needs_a_model(vids, video_cli):
+def test_describe_needs_a_model(vids, video_cli, monkeypatch, tmp_path):
+    from kvl_core import hub
+
+    monkeypatch.setattr(hub, "ASSETS", tmp_path)  # an install without the built-in kvl-nano weights
     code, _, err = video_cli(vids["cuts"][0], "--describe", "-q")
     assert code == 1 and "no model configured" in err
     code, _, err = video_cli(vids["cuts"][0], "--mode", "model", "--no-describe", "-q")
