@@ -118,18 +118,19 @@ def _kinds(specs: list[str]) -> list[tuple[str, str]]:
 
 
 def prepare_data(rec: Recipe, out: Path, seed: int, emit: Callable[[str, dict], None],
-                 workers: int = 2) -> dict[str, Path]:
-    """Generate (or reuse) the training and held-out sets; returns {kind: train.jsonl}."""
+                 workers: int = 2) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Generate (or reuse) the training and held-out sets; returns ({kind: train JSONL}, {kind: held-out JSONL})."""
     from kvl_core import synth
 
     paths: dict[str, Path] = {}
     for kind, n in rec.samples.items():
         paths[kind] = _generate(out / "data" / kind, f"{n} {seed}", emit, f"{n} {kind} training samples",
                                 lambda folder, kind=kind, n=n: synth.write_train(kind, folder, n, seed, workers=workers))
+    held: dict[str, Path] = {}
     for kind, n in rec.heldout.items():
-        _generate(out / "heldout" / kind, f"{n}", emit, f"{n} held-out {kind} samples",
-                  lambda folder, kind=kind, n=n: synth.heldout(kind, n, folder))
-    return paths
+        held[kind] = _generate(out / "heldout" / kind, f"{n}", emit, f"{n} held-out {kind} samples",
+                               lambda folder, kind=kind, n=n: synth.heldout(kind, n, folder))
+    return paths, held
 
 
 def _generate(folder: Path, key: str, emit, what: str, write: Callable[[Path], Path]) -> Path:
@@ -207,7 +208,7 @@ def run(rec: Recipe, out: str | Path, seed: int = 0, resume: bool = False, devic
         summary["stages"] = json.loads(log_path.read_text()).get("stages", {})
 
     t0 = time.perf_counter()
-    data = prepare_data(rec, out, seed, emit)
+    data, heldout = prepare_data(rec, out, seed, emit)
     tokenizer = prepare_tokenizer(rec, out, data)
     summary["data_seconds"] = round(time.perf_counter() - t0, 1)
 
@@ -233,8 +234,7 @@ def run(rec: Recipe, out: str | Path, seed: int = 0, resume: bool = False, devic
         log_path.write_text(json.dumps(summary, indent=1) + "\n")
         previous = final
     summary["final"] = str(previous)
-    summary["heldout"] = {k: str(_generate(out / "heldout" / k, f"{n}", emit, "", lambda f: f))
-                          for k, n in rec.heldout.items()}
+    summary["heldout"] = {k: str(p) for k, p in heldout.items()}
     log_path.write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
