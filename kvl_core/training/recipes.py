@@ -8,10 +8,12 @@ stages to run in order, each starting from the previous stage's `final/` checkpo
 `nano` is the recipe of the built-in kvl-nano model. Everything is seeded: the same seed regenerates
 byte-identical data and, on the same hardware and torch build, the same weights. A run folder holds
 
-    data/<kind>/train.jsonl + images     generated once, reused on resume
-    heldout/<kind>/data.jsonl            evaluation sets from the held-out seed space
+    data/<kind>/<kind>.jsonl + images    generated once, reused on resume
+    heldout/<kind>/heldout_<kind>.jsonl  evaluation sets from the reserved held-out slice
+    tokenizer/                           the BPE tokenizer learned on the corpus (presets with merges)
     <stage>/                             the trainer's run folder of each stage (final/ = its output)
-    recipe.json                          the recipe, per-stage wall time and final losses
+    recipe.json                          the recipe, per-stage wall time, final losses, held-out metrics
+    eval/<kind>/, recipe.png             `kvl train --recipe` only: held-out predictions and the figure
 
 Re-running with `resume=True` skips finished stages and resumes an interrupted one from its last
 checkpoint.
