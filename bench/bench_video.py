@@ -1,6 +1,6 @@
 """`kvl video scenes` vs PySceneDetect on PySceneDetect's own test videos: cut accuracy and detection speed.
 
-    .venv/bin/python bench/bench_video.py [--reps 3] [--backend opencv|pyav]
+    .venv/bin/python bench/bench_video.py [--reps 5] [--backend opencv|pyav] [--fast] [--profile]
     # table on stdout, JSON in bench/results/video.json
 
 For each real file in ../shared/realdata/video and each detector pair (kvl adaptive/content/threshold vs
@@ -9,8 +9,13 @@ PySceneDetect's AdaptiveDetector/ContentDetector/ThresholdDetector, all at defau
 * precision and recall of the cuts at ±1 frame against `goldens/<file>.<Detector>.default.json`, the cut lists
   PySceneDetect's own test suite pins. Cut times are put on the nominal-rate timeline the goldens number frames
   on (round(seconds * fps)); for constant-rate files that is the frame index.
-* detection speed in frames per second: open + decode + score + detect, best of --reps runs, the two tools
-  interleaved so machine load hits both alike, both at PySceneDetect's automatic downscale (256 px wide).
+* detection cost: CPU time per frame (all threads; the primary measure, as it holds on a shared machine) and
+  wall-clock frames per second, for open + decode + score + detect, the median of --reps runs, the tools
+  interleaved run by run so that machine load hits both alike, both at PySceneDetect's automatic downscale
+  (longer side 256 px). `--fast` adds kvl with --fast-decode (deblocking skipped) as a third column.
+* `--profile`: where the time goes, stage by stage, for both tools (CPU ms per frame, single pass, no threads
+  for kvl's stages): decoding alone, decoding + the detection pixels, + scoring; OpenCV's decoding alone, its
+  decoding + full-size BGR conversion, and the whole of PySceneDetect.
 counter.mp4 has no golden; for it the check is that every one of its 30 frames is found at its own presentation
 time (frame N shows "Frame = N" at (N-1)/10 s), by the scan and by keyframe grabs.
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -37,7 +43,7 @@ PAIRS = (("adaptive", "AdaptiveDetector"), ("content", "ContentDetector"), ("thr
 
 
 def cpu_seconds() -> float:
-    """CPU time of this process and its finished children (kvl decodes in a forked child)."""
+    """CPU time of this process (all its threads) and its finished children."""
     import resource
 
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -80,12 +86,68 @@ def run_pyscenedetect(sd, path: Path, det: str, backend: str) -> tuple[list[floa
     return cuts, frames, seconds, cpu
 
 
-def run_kvl(path: Path, det: str) -> tuple[list[float], int, float, float]:
+def run_kvl(path: Path, det: str, fast: bool = False) -> tuple[list[float], int, float, float]:
     from kvl_tasks.video.scenes import find_scenes
 
     t0, c0 = time.perf_counter(), cpu_seconds()
-    r = find_scenes(path, det, fades=False)
+    r = find_scenes(path, det, fades=False, fast=fast)
     return r.cut_times, r.frames_scanned, time.perf_counter() - t0, cpu_seconds() - c0
+
+
+def profile(path: Path, reps: int) -> dict:
+    """CPU ms per frame of each stage, median of `reps` (each stage includes the ones before it)."""
+    import av
+    import cv2
+
+    from kvl_tasks.video.decode import detect_size, probe
+    from kvl_tasks.video.detect import Scorer
+    from kvl_tasks.video.scan import DECODE_THREADS, _scan_here
+
+    info = probe(path)
+    size = detect_size(info)
+
+    def pyav_decode():
+        with av.open(str(path)) as c:
+            st = c.streams.video[0]
+            if DECODE_THREADS != 1:
+                st.thread_type, st.thread_count = "AUTO", DECODE_THREADS
+            return sum(1 for _ in c.decode(st))
+
+    def kvl_pixels(score: bool):
+        def run():
+            scorer, n = Scorer(intensity=False), 0
+            for b in _scan_here(info, size, 0, info.frame_count, False, 16, "pyav"):
+                n += len(b.index)
+                if score:
+                    scorer.add(b.index, b.time, b.rgb)
+            return n
+        return run
+
+    def cv_loop(read: bool):
+        def run():
+            cap, n = cv2.VideoCapture(str(path)), 0
+            while (cap.read()[0] if read else cap.grab()):
+                n += 1
+            cap.release()
+            return n
+        return run
+
+    sd = ensure_scenedetect()
+
+    def pysd():
+        return run_pyscenedetect(sd, path, "AdaptiveDetector", "opencv")[1]
+
+    stages = {"kvl decode": pyav_decode, "kvl decode + pixels": kvl_pixels(False),
+              "kvl decode + pixels + HSV scores": kvl_pixels(True),
+              "kvl find_scenes (threaded)": lambda: run_kvl(path, "adaptive")[1],
+              "OpenCV decode": cv_loop(False), "OpenCV decode + BGR": cv_loop(True), "PySceneDetect adaptive": pysd}
+    runs = {k: [] for k in stages}
+    for _ in range(reps):  # interleaved
+        for k, fn in stages.items():
+            c0 = cpu_seconds()
+            n = fn()
+            runs[k].append(1000 * (cpu_seconds() - c0) / max(n, 1))
+    return {k: round(statistics.median(v), 3) for k, v in runs.items()}
 
 
 def counter_check(path: Path) -> dict:
@@ -147,7 +209,9 @@ def figure(out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--fast", action="store_true", help="also run kvl with --fast-decode")
+    ap.add_argument("--profile", action="store_true", help="also time each stage of both tools")
     ap.add_argument("--backend", default="opencv", help="PySceneDetect's decoder: opencv (its default) or pyav")
     ap.add_argument("--figure", action="store_true", help="only draw docs/figures/video-scores.png")
     args = ap.parse_args()
@@ -158,6 +222,7 @@ def main() -> None:
     sd = ensure_scenedetect()
     from kvl_tasks.video.decode import probe
 
+    tools = ["kvl", "pyscenedetect"] + (["kvl_fast"] if args.fast else [])
     rows = []
     for name in FILES:
         path = VIDEOS / name
@@ -165,25 +230,35 @@ def main() -> None:
         for ours, theirs in PAIRS:
             gpath = VIDEOS / "goldens" / f"{name}.{theirs}.default.json"
             golden = json.loads(gpath.read_text())["cuts"] if gpath.exists() else None
-            best = {"kvl": None, "pyscenedetect": None}
+            runs = {tool: [] for tool in tools}
             for _ in range(args.reps):  # interleaved: a busy moment slows both
-                for tool in best:
-                    run = (run_kvl(path, ours) if tool == "kvl"
-                           else run_pyscenedetect(sd, path, theirs, args.backend))
-                    if best[tool] is None or run[2] < best[tool][2]:
-                        best[tool] = run
+                for tool in tools:
+                    runs[tool].append(run_kvl(path, ours) if tool == "kvl" else run_kvl(path, ours, fast=True)
+                                      if tool == "kvl_fast" else run_pyscenedetect(sd, path, theirs, args.backend))
             row = {"file": name, "detector": ours, "golden": golden}
-            for tool, (cuts, frames, sec, cpu) in best.items():
+            for tool, tool_runs in runs.items():
+                cuts, frames = tool_runs[0][0], tool_runs[0][1]
                 timeline = [round(t * fps) for t in cuts]
                 p, r = match(timeline, golden) if golden is not None else (None, None)
                 row[tool] = {"cuts": timeline, "precision": p, "recall": r, "frames": frames,
-                             "seconds": round(sec, 4), "fps": round(frames / sec, 1),
-                             "cpu_ms_per_frame": round(1000 * cpu / frames, 3)}
-            row["speedup"] = round(row["kvl"]["fps"] / row["pyscenedetect"]["fps"], 2)
+                             "seconds": round(statistics.median(x[2] for x in tool_runs), 4),
+                             "fps": round(statistics.median(frames / x[2] for x in tool_runs), 1),
+                             "cpu_ms_per_frame": round(statistics.median(1000 * x[3] / frames for x in tool_runs), 3),
+                             "cpu_ms_per_frame_runs": [round(1000 * x[3] / frames, 3) for x in tool_runs],
+                             "same_cuts_every_run": all(x[0] == cuts for x in tool_runs)}
+            k, s = row["kvl"], row["pyscenedetect"]
+            row["speedup"] = round(k["fps"] / s["fps"], 2)  # wall
+            row["cpu_ratio"] = round(s["cpu_ms_per_frame"] / k["cpu_ms_per_frame"], 2)
             rows.append(row)
             print(f"  {name} {ours}: done", file=sys.stderr)
+    prof = {}
+    if args.profile:
+        for name in FILES:
+            prof[name] = profile(VIDEOS / name, args.reps)
+            print(f"  profile {name}: done", file=sys.stderr)
     counter = counter_check(VIDEOS / "counter.mp4")
-    result = {"rows": rows, "counter": counter, "reps": args.reps, "pyscenedetect_backend": args.backend,
+    result = {"rows": rows, "counter": counter, "profile": prof, "reps": args.reps, "statistic": "median",
+              "pyscenedetect_backend": args.backend,
               "pyscenedetect_version": sd.__version__, "python": platform.python_version(),
               "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs"}
     out = HERE / "results" / "video.json"
@@ -193,14 +268,22 @@ def main() -> None:
     def pr(x):
         return "  -  " if x is None else f"{x:.2f}"
 
-    print(f"\nkvl video scenes vs PySceneDetect {sd.__version__} ({args.backend}), best of {args.reps}, ±1 frame")
-    print(f"{'file':24} {'detector':9} {'golden':20} {'kvl P/R':10} {'PySD P/R':10} {'kvl fps':>7} {'PySD fps':>8} "
-          f"{'speedup':>7} {'CPU ms/frame kvl/PySD':>22}")
+    print(f"\nkvl video scenes vs PySceneDetect {sd.__version__} ({args.backend}), median of {args.reps}, ±1 frame")
+    print(f"{'file':24} {'detector':9} {'golden':20} {'kvl P/R':10} {'PySD P/R':10} {'CPU ms/frame kvl/PySD':>22} "
+          f"{'CPU ratio':>9} {'kvl fps':>7} {'PySD fps':>8} {'wall':>6}" + ("  fast: P/R, CPU ms" if args.fast else ""))
     for r in rows:
         k, s = r["kvl"], r["pyscenedetect"]
-        print(f"{r['file']:24} {r['detector']:9} {str(r['golden']):20} {pr(k['precision'])}/{pr(k['recall'])}  "
-              f"{pr(s['precision'])}/{pr(s['recall'])}  {k['fps']:7.0f} {s['fps']:8.0f} {r['speedup']:6.2f}x "
-              f"{k['cpu_ms_per_frame']:>13.2f} / {s['cpu_ms_per_frame']:.2f}")
+        line = (f"{r['file']:24} {r['detector']:9} {str(r['golden']):20} {pr(k['precision'])}/{pr(k['recall'])}  "
+                f"{pr(s['precision'])}/{pr(s['recall'])}  {k['cpu_ms_per_frame']:>10.2f} / {s['cpu_ms_per_frame']:<9.2f} "
+                f"{r['cpu_ratio']:8.2f}x {k['fps']:7.0f} {s['fps']:8.0f} {r['speedup']:5.2f}x")
+        if args.fast:
+            f = r["kvl_fast"]
+            line += f"  {pr(f['precision'])}/{pr(f['recall'])}, {f['cpu_ms_per_frame']:.2f}"
+        print(line)
+    for name, stages in prof.items():
+        print(f"\nprofile {name} (CPU ms/frame, median of {args.reps}):")
+        for k, v in stages.items():
+            print(f"  {k:36} {v:7.3f}")
     print(f"counter.mp4: {counter['scan_times_right']}/{counter['frames']} scanned frame times right, "
           f"{counter['grabbed_frames_right']}/{counter['frames']} grabbed frames right")
     print(f"wrote {out.relative_to(REPO)}")

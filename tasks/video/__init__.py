@@ -90,8 +90,8 @@ def scenes_command(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
     dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16 (default: the checkpoint's).", show_default=False)] = None,
     backend: Annotated[Backend, typer.Option(help="Decoder for the detection scan (keyframes use decord when it agrees with the file's timestamps, else PyAV).")] = Backend.pyav,
-    width: Annotated[int, typer.Option(min=16, max=4096, help="Detection width in pixels (PySceneDetect's automatic downscale uses 256).")] = 256,
-    exact_decode: Annotated[bool, typer.Option("--exact-decode", help="Keep the codec's deblocking filter during detection (slower; default skips it, below any threshold's noise).")] = False,
+    width: Annotated[int, typer.Option(min=16, max=4096, help="Detection size: the frame's longer side in pixels (PySceneDetect's automatic downscale uses 256).")] = 256,
+    exact_decode: Annotated[bool, typer.Option("--exact-decode/--fast-decode", help="--fast-decode skips the codec's deblocking filter during detection: ~20% faster, but scores near a threshold can move (inside fades, say), so a cut there may differ from PySceneDetect's.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary line.")] = False,
 ) -> None:
     """Split a video into scenes: exact cut frames and times, and (with a model) a description of each scene."""

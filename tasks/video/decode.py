@@ -44,6 +44,7 @@ class VideoInfo:
     vfr: bool
     has_audio: bool
     declared_end: float | None = None  # the container's own idea of the duration (a truncated file ends sooner)
+    rotation: int = 0  # counter-clockwise degrees (0/90/180/270) to turn decoded frames upright (display matrix)
 
     @property
     def frame_count(self) -> int:
@@ -99,11 +100,13 @@ def probe(path: str | Path) -> VideoInfo:
             raise KvlError(f"{path}: absurd resolution {w}x{h} (at most {MAX_SIDE} px a side is supported)")
         tb = stream.time_base or Fraction(1, 90000)
         rate = stream.guessed_rate or stream.average_rate or stream.base_rate
-        pts, key, last_dur = [], [], 0
+        pts, key, last_dur, first_packet = [], [], 0, None
         try:
             for packet in container.demux(stream):
                 if packet.size == 0:  # flush packets and AVI's empty "skip" frames carry no picture
                     continue
+                if first_packet is None:
+                    first_packet = packet
                 p = packet.pts if packet.pts is not None else packet.dts
                 pts.append(p)
                 key.append(bool(packet.is_keyframe))
@@ -115,6 +118,7 @@ def probe(path: str | Path) -> VideoInfo:
         # the container's duration covers every stream: only trusted for the video when there is no audio
         declared = float(stream.duration * tb) if stream.duration else (
             container.duration / 1e6 if container.duration and not has_audio else None)
+        rotation = _rotation(stream, first_packet)
     finally:
         container.close()
     if not pts:
@@ -136,14 +140,53 @@ def probe(path: str | Path) -> VideoInfo:
     last = last_dur * float(tb) if last_dur else (float(np.median(steps)) if len(steps) else 1 / fps)
     vfr = bool(len(steps) > 1 and (steps.max() - steps.min()) > 0.25 * float(np.median(steps)))
     return VideoInfo(path, w, h, codec, fps, times, pts_arr, key_arr, float(times[-1] + last), tb, vfr, has_audio,
-                     declared)
+                     declared, rotation)
+
+
+def _rotation(stream, packet) -> int:
+    """How far to turn decoded frames counter-clockwise for display, to the nearest quarter turn.
+
+    Phones store portrait video as landscape pixels plus a display matrix (MP4/MOV `tkhd`; older files a
+    `rotate` tag). FFmpeg hands the matrix to the decoder, which attaches it to every frame, so one decoded
+    frame tells. Arbitrary angles are rounded to a quarter turn; flips are ignored.
+    """
+    degrees = None
+    if packet is not None:
+        try:
+            frames = stream.codec_context.decode(packet) + stream.codec_context.decode(None)
+            if frames:
+                degrees = float(frames[0].rotation or 0)
+        except Exception:  # noqa: BLE001 -- a damaged first packet: the scan reports decoding problems
+            degrees = None
+    if not degrees:
+        tag = (stream.metadata or {}).get("rotate")
+        try:
+            degrees = -float(tag) if tag else 0.0  # the tag is clockwise
+        except ValueError:
+            degrees = 0.0
+    return int(round(degrees / 90)) % 4 * 90
+
+
+def display_size(info: VideoInfo) -> tuple[int, int]:
+    """Width and height as shown (a quarter turn swaps them)."""
+    return (info.height, info.width) if info.rotation in (90, 270) else (info.width, info.height)
+
+
+def upright(img: Image.Image, rotation: int) -> Image.Image:
+    """A decoded frame turned as the display matrix says."""
+    turns = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+    return img.transpose(turns[rotation]) if rotation in turns else img
 
 
 def detect_size(info: VideoInfo, width: int = DETECT_WIDTH) -> tuple[int, int]:
-    """Detection resolution: `width` px wide (never upscaled), aspect kept, as PySceneDetect's auto downscale."""
-    if info.width <= width:
-        return info.width, info.height
-    return width, max(1, round(info.height * width / info.width))
+    """Detection resolution: the longer side `width` px (never upscaled), aspect kept, as PySceneDetect's
+    automatic downscale (its factor is the longer side / 256, so a quarter turn does not change it)."""
+    w, h = info.width, info.height
+    side = max(w, h)
+    if side <= width:
+        return w, h
+    factor = side / width
+    return max(1, round(w / factor)), max(1, round(h / factor))
 
 
 def _decord_reader(info: VideoInfo, size: tuple[int, int] | None = None):
@@ -153,6 +196,8 @@ def _decord_reader(info: VideoInfo, size: tuple[int, int] | None = None):
     except ImportError:
         return None
     if info.codec in ("vp8", "vp9"):  # decord returns wrong frames on webm (dmlc/decord#91)
+        return None
+    if info.rotation:  # decord turns some rotated files upright itself and not others: PyAV, turned by us
         return None
     try:
         kw = {"width": size[0], "height": size[1]} if size else {}
@@ -198,7 +243,7 @@ def iter_grab(info: VideoInfo, times: Sequence[float], backend: str = "auto",
 
 
 def _grab(info: VideoInfo, i: int, rgb: np.ndarray, max_side: int | None) -> Grab:
-    img = Image.fromarray(rgb)
+    img = upright(Image.fromarray(rgb), info.rotation)
     if max_side and max(img.size) > max_side:
         img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
     return Grab(i, float(info.times[i]), img)

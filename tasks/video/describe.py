@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from kvl_core.errors import KvlError
 
-from .decode import VideoInfo, grab, iter_grab
+from .decode import VideoInfo, display_size, grab, iter_grab
 from .scenes import Scene, SceneList, keyframe_times
 from .timecode import clock_to_seconds, timecode
 
@@ -122,7 +122,7 @@ def describe_scenes(engine: Any, result: SceneList, frames_per_scene: int = 3,
                     on_scene: Callable[[Scene], None] | None = None, **options: Any) -> bool:
     """Fill `scene.description` (and `keyframes`) in place; False when Ctrl-C stopped it part-way."""
     info = result.video
-    budget = plan_frames(engine, frames_per_scene, (info.width, info.height), SCENE_PROMPT,
+    budget = plan_frames(engine, frames_per_scene, display_size(info), SCENE_PROMPT,
                          options.pop("max_new_tokens", None) or 96)
     for scene in result.scenes:
         scene.keyframes = keyframe_times(info, scene.start_time, scene.end_time, budget.frames)
@@ -222,7 +222,7 @@ def model_scenes(engine: Any, result: SceneList, max_frames: int = 64, **options
     t1 = float(result.settings.get("end") or info.end_time)
     prompt = MODEL_PROMPT.format(duration=timecode(t1 - t0, millis=False))
     want = max(1, min(max_frames, 256, math.ceil(t1 - t0)))  # about 1 fps, at most 256 images (tasks.md §1.2)
-    budget = plan_frames(engine, want, (info.width, info.height), prompt,
+    budget = plan_frames(engine, want, display_size(info), prompt,
                          options.pop("max_new_tokens", None) or 1024, max_side=640, label="[00:00:00]")
     step = (t1 - t0) / budget.frames
     shots = grab(info, [t0 + step * (i + 0.5) for i in range(budget.frames)], max_side=max(budget.size))

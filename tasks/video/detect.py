@@ -29,6 +29,16 @@ MIN_CONTENT = 15.0  # adaptive: a cut also needs this absolute score (cross-fade
 WINDOW = 2  # adaptive: frames on each side averaged
 
 
+def _runs(positions: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted positions as [start, stop) runs of consecutive values."""
+    if not len(positions):
+        return []
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    starts = np.r_[positions[0], positions[breaks]]
+    stops = np.r_[positions[breaks - 1] + 1, positions[-1] + 1] if len(breaks) else np.r_[positions[-1] + 1]
+    return list(zip(starts.tolist(), stops.tolist()))
+
+
 def _luts() -> tuple[np.ndarray, np.ndarray]:
     """Saturation by (max << 8 | max-min); hue by (sector << 16 | max-min << 8 | mid-min).
 
@@ -53,7 +63,7 @@ def _luts() -> tuple[np.ndarray, np.ndarray]:
 _SAT, _HUE = _luts()
 
 
-def hsv(rgb: np.ndarray) -> np.ndarray:
+def hsv(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """uint8 [n, 3, h, w] planar RGB -> uint8 [n, 3, h, w] H (0-179), S, V, as OpenCV's COLOR_RGB2HSV (±1).
 
     Only uint8/bool operations and two table lookups: numpy's `where` and int32 arithmetic cost 10x more
@@ -65,7 +75,7 @@ def hsv(rgb: np.ndarray) -> np.ndarray:
     mn = np.minimum(lo, b)
     mid = np.maximum(lo, np.minimum(hi, b))
     diff = v - mn  # uint8, cannot wrap
-    out = np.empty_like(rgb)
+    out = np.empty_like(rgb) if out is None else out
     key16 = v.astype(np.uint16)
     key16 <<= 8
     key16 |= diff
@@ -98,10 +108,12 @@ class Scores:
 class Scorer:
     """Streaming frame scores: feed batches in display order, read `.scores` at any time (Ctrl-C safe).
 
-    Two ways to the same numbers (the tests check they agree): frames where under a quarter of the pixels
-    changed since the previous frame (static shots: skipped blocks decode to identical pixels) convert only
-    those pixels and patch the previous frame's HSV; other frames convert whole, a few at a time so the
-    temporaries stay in cache (8 frames of 256x144 at once ran 4x slower than 4, measured).
+    Two ways to the same numbers (the tests check they agree), chosen per frame, with no Python work per frame:
+    * sparse: under a quarter of the pixels changed since the previous frame (static shots: skipped blocks decode
+      to identical pixels). The changed pixels of every sparse frame in the batch, and the same pixels of each
+      one's previous frame, are gathered together and converted in one call; unchanged pixels add nothing.
+    * dense: the frame and its previous one convert whole, a few frames at a time so the temporaries stay in
+      cache (8 frames of 256x144 at once ran 4x slower than 4, measured).
     """
 
     SPARSE = 0.25
@@ -111,7 +123,7 @@ class Scorer:
         self.weights = np.asarray(weights, np.float64) / max(sum(abs(w) for w in weights), 1e-12)
         self.need_content, self.need_intensity = content, intensity
         self.prev_rgb: np.ndarray | None = None  # [3, h, w] last frame seen
-        self.prev_hsv: np.ndarray | None = None  # its HSV (patched in place on the sparse path)
+        self.prev_hsv: np.ndarray | None = None  # its HSV, when it was converted whole
         self._parts: list[tuple[np.ndarray, ...]] = []
 
     def add(self, index: np.ndarray, times: np.ndarray, rgb: np.ndarray) -> None:
@@ -121,38 +133,68 @@ class Scorer:
         else:
             intensity = np.full(n, 255.0)
         content = np.zeros(n, np.float32)
-        if self.need_content:
-            chunk, k = max(1, 150_000 // pixels), 0
-            while k < n:
-                if self.prev_rgb is not None:
-                    changed = rgb[k, 0] != self.prev_rgb[0]
-                    changed |= rgb[k, 1] != self.prev_rgb[1]
-                    changed |= rgb[k, 2] != self.prev_rgb[2]
-                    where = np.flatnonzero(changed)
-                    if len(where) < self.SPARSE * pixels:
-                        content[k] = self._patch(rgb[k], where, pixels)
-                        self.prev_rgb = rgb[k]
-                        k += 1
-                        continue
-                x = hsv(rgb[k:k + chunk])
-                if self.prev_hsv is not None:  # the very first frame keeps score 0: nothing to differ from
-                    content[k] = self._delta(x[:1], self.prev_hsv[None])[0]
-                if len(x) > 1:
-                    content[k + 1:k + len(x)] = self._delta(x[1:], x[:-1])
-                self.prev_hsv, self.prev_rgb = x[-1].copy(), rgb[k + len(x) - 1]
-                k += len(x)
+        if self.need_content and n:
+            self._content(rgb, content, pixels)
         self._parts.append((index, times, content, intensity.astype(np.float32)))
 
-    def _patch(self, frame: np.ndarray, where: np.ndarray, pixels: int) -> float:
-        """Score of a frame that differs from the previous one only at `where` (flat pixel indices)."""
-        if not len(where):
-            return 0.0
-        new = hsv(frame.reshape(3, -1)[:, where][None, :, :, None])[0, :, :, 0]
-        old_all = self.prev_hsv.reshape(3, -1)
-        old = old_all[:, where]
-        per_channel = (np.maximum(new, old) - np.minimum(new, old)).sum(-1, dtype=np.uint32)
-        old_all[:, where] = new
-        return float((per_channel * self.weights).sum() / pixels)
+    def _content(self, rgb: np.ndarray, content: np.ndarray, pixels: int) -> None:
+        # ext[j] is frame j - 1 of the batch; ext[0] the previous batch's last frame (the very first frame of the
+        # video keeps score 0: nothing to differ from)
+        if self.prev_rgb is not None:
+            first, ext = 0, np.concatenate([self.prev_rgb[None], rgb])
+        else:
+            first, ext = 1, rgb
+        cur, old = ext[1:], ext[:-1]
+        m = len(cur)  # pairs: cur[i] is frame i + first of the batch
+        chunk = max(1, 150_000 // pixels)  # frames per numpy call: temporaries stay in cache
+        last_hsv = None  # HSV of the batch's last frame, when it was converted whole
+        if m:
+            changed = np.empty((m,) + cur.shape[2:], bool)
+            for k in range(0, m, chunk):
+                c = changed[k:k + chunk]
+                np.not_equal(cur[k:k + chunk, 0], old[k:k + chunk, 0], out=c)
+                c |= cur[k:k + chunk, 1] != old[k:k + chunk, 1]
+                c |= cur[k:k + chunk, 2] != old[k:k + chunk, 2]
+            counts = changed.reshape(m, -1).sum(1)
+            sparse = counts < self.SPARSE * pixels
+            if sparse.any():
+                self._sparse(cur, old, changed, np.flatnonzero(sparse), content[first:], pixels)
+            dense = np.flatnonzero(~sparse)
+            # a run of dense pairs [a, b) needs frames a..b whole: convert them a few at a time and score each
+            # pair as soon as both its frames are done, while they are in cache
+            for a, b in _runs(dense):
+                if a == 0 and first == 0 and self.prev_hsv is not None:
+                    last = self.prev_hsv[None]
+                else:
+                    last = hsv(ext[a:a + 1])
+                for k in range(a + 1, b + 1, chunk):
+                    x = hsv(ext[k:min(b + 1, k + chunk)])
+                    content[first + k - 1] = self._delta(x[:1], last)[0]
+                    if len(x) > 1:
+                        content[first + k:first + k + len(x) - 1] = self._delta(x[1:], x[:-1])
+                    last = x[-1:]
+                if b == m:
+                    last_hsv = last[0].copy()
+        self.prev_rgb = rgb[-1].copy()
+        self.prev_hsv = last_hsv
+
+    def _sparse(self, cur: np.ndarray, old: np.ndarray, changed: np.ndarray, which: np.ndarray, out: np.ndarray,
+                pixels: int) -> None:
+        """Scores of the pairs `which`, from only their changed pixels, all in one conversion."""
+        mask = changed.reshape(len(changed), -1)
+        flat = np.flatnonzero(mask if len(which) == len(mask) else mask[which])
+        if not len(flat):
+            return
+        rows, pix = np.divmod(flat, pixels)
+        at = which[rows] * (3 * pixels) + pix  # flat index of each changed pixel's R in cur / old
+        px = np.empty((2, 3, len(at), 1), np.uint8)
+        for c in range(3):
+            np.take(cur.reshape(-1), at + c * pixels, out=px[0, c, :, 0])
+            np.take(old.reshape(-1), at + c * pixels, out=px[1, c, :, 0])
+        both = hsv(px)[..., 0]  # [2, 3, N]
+        d = np.maximum(both[0], both[1]) - np.minimum(both[0], both[1])
+        per_channel = np.stack([np.bincount(rows, d[c], minlength=len(which)) for c in range(3)], 1)
+        out[which] = (per_channel * self.weights).sum(1) / pixels
 
     def _delta(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Weighted mean |a - b| over H, S, V per frame pair (uint8 max - min cannot wrap)."""

@@ -4,10 +4,13 @@ Decoding is ~80% of shot detection's work, so it runs in a background thread tha
 to the caller, which scores them meanwhile: PyAV releases the GIL inside FFmpeg's decode and swscale calls and
 numpy inside its loops, so the two overlap on two cores (KVL_DECODE_THREAD=0 runs everything in the caller).
 
-PyAV (default): sequential decoding, swscale downscaling and converting to planar RGB in one step (POINT
-sampling, which is what PySceneDetect's linear resize does at its integer factors), and the deblocking filter of
-H.264/HEVC skipped (`fast`: ~30% less decoding; the blocking it leaves is far below any cut threshold at 256 px,
-and frames for people and the model are decoded in full by decode.grab). decord is the alternative backend.
+PyAV (default): sequential decoding in full (deblocking included), then the pixels PySceneDetect would see.
+It converts each whole frame to RGB and shrinks it with OpenCV's INTER_LINEAR; at odd whole factors (1280x720
+-> 256x144 is 5) that is a plain subsample, and `_Subsampler` produces exactly those pixels from the YUV planes
+at a fraction of the cost. Exactness matters because the hue of near-black pixels turns on the last bit of
+rounding, and such hues decide cuts inside fades. Other factors use swscale's POINT sampling in one step with
+the RGB conversion (close, not identical). `fast` skips the H.264/HEVC deblocking filter (~20% less decoding);
+its blocking is invisible at 256 px, but it moves borderline scores. decord is the alternative backend.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class FrameBatch:
 
 
 def scan(info: VideoInfo, width: int = DETECT_WIDTH, start: float = 0.0, end: float | None = None,
-         backend: str = "pyav", fast: bool = True, batch: int = 16) -> Iterator[FrameBatch]:
+         backend: str = "pyav", fast: bool = False, batch: int = 16) -> Iterator[FrameBatch]:
     """Every frame with start <= time < end, downscaled to `width` px wide, in display order, in batches."""
     first = info.first_at_or_after(start)
     stop = info.frame_count if end is None else info.first_at_or_after(end)
@@ -57,6 +60,107 @@ def _scan_here(info: VideoInfo, size: tuple[int, int], first: int, stop: int, fa
     yield from _scan_pyav(info, size, first, stop, fast, batch)
 
 
+def pysd_grid(src: int, dst: int) -> np.ndarray | None:
+    """The source pixel PySceneDetect's downscale reads for each output pixel along one axis, or None.
+
+    OpenCV's INTER_LINEAR maps output pixel d to source coordinate (d + 0.5) * src / dst - 0.5: when src/dst is
+    an odd integer (or 1) that is a whole pixel, so the downscaled frame is a plain subsample of the full-size
+    RGB frame. Otherwise it blends two pixels per axis and we approximate it (swscale's POINT sampling).
+    """
+    if dst <= 0 or src % dst:
+        return None
+    step = src // dst
+    return np.arange(dst) * step + (step - 1) // 2 if step % 2 else None
+
+
+# 8-bit planar YUV that swscale's unscaled YUV->RGB path converts pixel by pixel (each pixel from its own Y and
+# its chroma sample, no interpolation): assembled into 4:2:2, a subsample converts to the same RGB values as
+# the full frame does (checked against every Y, U, V combination). -> (4:2:2 format, rows per chroma row)
+_EXACT = {"yuv420p": ("yuv422p", 2), "yuvj420p": ("yuvj422p", 2), "yuv422p": ("yuv422p", 1),
+          "yuvj422p": ("yuvj422p", 1)}
+
+
+def _step(grid: np.ndarray) -> int:
+    return int(grid[1] - grid[0]) if len(grid) > 1 else 1
+
+
+def _half(grid: np.ndarray, parity: int, sub: int) -> slice:
+    """The chroma rows (or columns) under grid[parity::2], with chroma subsampled by `sub`, as a slice."""
+    part = grid[parity::2] // sub
+    return slice(int(part[0]), None, int(part[1] - part[0]) if len(part) > 1 else 1)
+
+
+class _Subsampler:
+    """Frames in PySceneDetect's exact detection pixels, cheaply.
+
+    PySceneDetect converts each full frame to RGB, then downscales. The colour of near-black pixels swings
+    with the last bit of RGB rounding, and the hue of such pixels decides some cuts inside fades, so the same
+    decisions need the same pixels. Converting whole frames costs as much as decoding them; instead the Y, U
+    and V samples under each output pixel are gathered into one small 4:2:2 frame per batch (Y on even columns,
+    each pixel its own chroma) and swscale converts that: same code, same rounding, 2 pixels converted per
+    output pixel instead of factor² (at 1280x720 -> 256x144, 1/12 of the work).
+    """
+
+    def __init__(self, w: int, h: int, batch: int):
+        self.w, self.h, self.batch = w, h, batch
+        self.key = None  # (format, colorspace, width, height) of the frames being assembled
+        self.big = None
+        self.slots: list[int] = []
+
+    def accepts(self, frame) -> bool:
+        fmt = frame.format.name
+        if fmt not in _EXACT:
+            return False
+        key = (fmt, frame.colorspace, frame.width, frame.height)
+        if key == self.key:
+            return True
+        ys, xs = pysd_grid(frame.height, self.h), pysd_grid(frame.width, self.w)
+        return ys is not None and xs is not None
+
+    def put(self, slot: int, frame, out: np.ndarray) -> None:
+        import av
+
+        key = (frame.format.name, frame.colorspace, frame.width, frame.height)
+        if key != self.key:
+            self.flush(out)
+            fmt, rows = _EXACT[key[0]]
+            self.key = key
+            ys, xs = pysd_grid(frame.height, self.h), pysd_grid(frame.width, self.w)
+            # every gather is a strided slice: the grid is start + step * k, and its chroma positions (halved)
+            # alternate between two such progressions, one for even k and one for odd k
+            self.luma = (slice(int(ys[0]), None, _step(ys)), slice(int(xs[0]), None, _step(xs)))
+            self.chroma = [(dy, dx, _half(ys, dy, rows), _half(xs, dx, 2))
+                           for dy in range(min(2, self.h)) for dx in range(min(2, self.w))]
+            self.big = av.VideoFrame(2 * self.w, self.h * self.batch, fmt)
+            self.big.colorspace = frame.colorspace
+            lines = [np.frombuffer(p, np.uint8).reshape(self.h * self.batch, -1) for p in self.big.planes]
+            self.Y, self.U, self.V = lines[0][:, 0:2 * self.w:2], lines[1][:, :self.w], lines[2][:, :self.w]
+        h, w = self.h, self.w
+        planes = frame.planes
+        y = np.frombuffer(planes[0], np.uint8).reshape(frame.height, -1)
+        self.Y[slot * h:(slot + 1) * h] = y[self.luma][:h, :w]
+        for plane, dst in ((planes[1], self.U), (planes[2], self.V)):
+            c = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+            d = dst[slot * h:(slot + 1) * h]
+            for dy, dx, sy, sx in self.chroma:
+                part = d[dy::2, dx::2]
+                part[...] = c[sy, sx][:part.shape[0], :part.shape[1]]
+        self.slots.append(slot)
+
+    def flush(self, out: np.ndarray) -> None:
+        """Convert the assembled slots into out[slot] (planar RGB)."""
+        if not self.slots:
+            return
+        h, w = self.h, self.w
+        lo, hi = self.slots[0], self.slots[-1] + 1  # slots are filled in order, so they are consecutive
+        rgb = self.big.reformat(format="gbrp")
+        for dst, plane in ((1, 0), (2, 1), (0, 2)):  # gbrp planes are G, B, R
+            p = rgb.planes[plane]
+            a = np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[lo * h:hi * h, 0:2 * w:2]
+            out[lo:hi, dst] = a.reshape(hi - lo, h, w)
+        self.slots = []
+
+
 def _scan_pyav(info: VideoInfo, size: tuple[int, int], first: int, stop: int, fast: bool,
                batch: int) -> Iterator[FrameBatch]:
     import av
@@ -74,6 +178,7 @@ def _scan_pyav(info: VideoInfo, size: tuple[int, int], first: int, stop: int, fa
         if first > 0:  # seek to the keyframe before the first wanted frame, then decode forward
             container.seek(int(info.pts[first]), stream=stream, backward=True, any_frame=False)
         reformatter = VideoReformatter()
+        sampler = _Subsampler(w, h, batch)
         buf = np.empty((batch, 3, h, w), np.uint8)
         idx, tms, n, counter = np.empty(batch, np.int64), np.empty(batch), 0, first
         try:
@@ -86,13 +191,18 @@ def _scan_pyav(info: VideoInfo, size: tuple[int, int], first: int, stop: int, fa
                     continue
                 if i >= stop:
                     break
-                small = reformatter.reformat(frame, w, h, "gbrp", interpolation=Interpolation.POINT)
-                for dst, plane in ((1, 0), (2, 1), (0, 2)):  # gbrp planes are G, B, R
-                    p = small.planes[plane]
-                    buf[n, dst] = np.frombuffer(p, np.uint8).reshape(h, p.line_size)[:, :w]
+                if sampler.accepts(frame):
+                    sampler.put(n, frame, buf)
+                else:
+                    sampler.flush(buf)  # its slots must stay consecutive
+                    small = reformatter.reformat(frame, w, h, "gbrp", interpolation=Interpolation.POINT)
+                    for dst, plane in ((1, 0), (2, 1), (0, 2)):  # gbrp planes are G, B, R
+                        p = small.planes[plane]
+                        buf[n, dst] = np.frombuffer(p, np.uint8).reshape(h, p.line_size)[:, :w]
                 idx[n], tms[n] = i, info.times[min(i, info.frame_count - 1)]
                 n += 1
                 if n == batch:
+                    sampler.flush(buf)
                     yield FrameBatch(idx.copy(), tms.copy(), buf.copy())
                     n = 0
         except av.error.FFmpegError as e:
@@ -100,6 +210,7 @@ def _scan_pyav(info: VideoInfo, size: tuple[int, int], first: int, stop: int, fa
                 raise KvlError(f"{info.path}: cannot decode the video ({e})") from None
             # a damaged tail: what was decoded stands
         if n:
+            sampler.flush(buf)
             yield FrameBatch(idx[:n].copy(), tms[:n].copy(), buf[:n].copy())
     finally:
         container.close()

@@ -73,7 +73,7 @@ class SceneList:
         return {
             "video": {"path": str(v.path), "width": v.width, "height": v.height, "codec": v.codec,
                       "fps": round(v.fps, 6), "frames": v.frame_count, "duration": round(v.end_time, 6),
-                      "variable_frame_rate": v.vfr},
+                      "variable_frame_rate": v.vfr, "rotation": v.rotation},
             "detector": self.detector, "settings": self.settings, "mode": self.mode, "partial": self.partial,
             "frames_scanned": self.frames_scanned, "frames_missing": self.missing, "seconds": round(self.seconds, 3),
             "cuts": self.cuts, "scenes": [s.to_dict() for s in self.scenes],
@@ -128,7 +128,7 @@ def find_scenes(
     end: float | None = None,
     width: int = DETECT_WIDTH,
     backend: str = "pyav",
-    fast: bool = True,
+    fast: bool = False,
     keyframes: int = 3,
     on_frames: Callable[[int], None] | None = None,
     info: VideoInfo | None = None,

@@ -8,13 +8,17 @@ Per scene, `auto` chooses:
   only start at the previous keyframe, and these files must hold exactly the scene's frames.
 `copy` forces stream copy (starting at the keyframe before the scene when it has to, as PySceneDetect's
 `split-video -c` does) and `encode` forces re-encoding. Audio packets inside the scene's time range are copied.
-Files are `<video>-Scene-<NNN><ext>`, each written under a temporary name and renamed when complete, so Ctrl-C
-leaves only whole files.
+Stream copies go through the `ffmpeg` program when it is on PATH (what PySceneDetect uses; it knows every
+container's quirks) and through PyAV's remuxer otherwise, or when ffmpeg's piece does not hold exactly the
+frames it should (checked by probing it). Files are `<video>-Scene-<NNN><ext>`, each written under a temporary
+name and renamed when complete, so Ctrl-C leaves only whole files.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,6 +30,15 @@ from .decode import VideoInfo, _open
 from .scenes import Scene, SceneList
 
 MODES = ("auto", "copy", "encode")
+TOOLS = ("auto", "ffmpeg", "pyav")
+
+
+def ffmpeg_binary() -> str | None:
+    """The ffmpeg program on PATH (KVL_FFMPEG names another one; KVL_FFMPEG=0 turns it off)."""
+    named = os.environ.get("KVL_FFMPEG")
+    if named == "0":
+        return None
+    return shutil.which(named or "ffmpeg")
 
 
 def _is_clean_range(info: VideoInfo, scene: Scene) -> bool:
@@ -33,9 +46,15 @@ def _is_clean_range(info: VideoInfo, scene: Scene) -> bool:
     return bool(info.keyframe[scene.start_frame]) and ends_clean
 
 
-def split_video(result: SceneList, folder: Path, mode: str = "auto", on_scene=None) -> list[Path]:
+def split_video(result: SceneList, folder: Path, mode: str = "auto", on_scene=None, tool: str = "auto") -> list[Path]:
+    """One file per scene; `tool` picks the stream-copy route (auto: ffmpeg when on PATH, else PyAV)."""
     if mode not in MODES:
         raise KvlError(f"--split-mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    if tool not in TOOLS:
+        raise KvlError(f"split tool: expected one of {', '.join(TOOLS)}, got {tool!r}")
+    ffmpeg = ffmpeg_binary() if tool != "pyav" else None
+    if tool == "ffmpeg" and ffmpeg is None:
+        raise KvlError("ffmpeg: not found on PATH (install FFmpeg, or split with PyAV)")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     info = result.video
@@ -48,7 +67,8 @@ def split_video(result: SceneList, folder: Path, mode: str = "auto", on_scene=No
         copy = mode == "copy" or (mode == "auto" and _is_clean_range(info, scene))
         try:
             try:
-                (_copy if copy else _encode)(info, scene, tmp)
+                if not (copy and ffmpeg and _copy_ffmpeg(ffmpeg, info, scene, tmp)):
+                    (_copy if copy else _encode)(info, scene, tmp)
             except (ValueError, OSError) as e:  # PyAV's muxer refuses this codec in this container, say
                 if not copy or mode == "copy":
                     raise KvlError(f"{path}: cannot write this scene ({e})") from None
@@ -64,6 +84,41 @@ def split_video(result: SceneList, folder: Path, mode: str = "auto", on_scene=No
     return written
 
 
+def _copy_start(info: VideoInfo, scene: Scene) -> int:
+    """The frame a stream copy starts at: the scene's own keyframe, or the one before it (`copy` forced)."""
+    keys = np.flatnonzero(info.keyframe[: scene.start_frame + 1])
+    return int(keys[-1]) if len(keys) else 0
+
+
+def _copy_ffmpeg(ffmpeg: str, info: VideoInfo, scene: Scene, out_path: Path) -> bool:
+    """Stream-copy the scene with the ffmpeg program; False (and nothing left behind) when its piece is not
+    exactly the frames expected, so the caller falls back to PyAV."""
+    first = _copy_start(info, scene)
+    t0 = float(info.times[first])
+    last = scene.end_frame - 1
+    # stop halfway between the scene's last frame and the next one: no rounding can take or drop a frame
+    t1 = (float(info.times[last]) + (float(info.times[scene.end_frame]) if scene.end_frame < info.frame_count
+                                     else info.end_time)) / 2
+    start = t0 + float(info.pts[0] * info.time_base)  # ffmpeg seeks in the file's own timeline
+    cmd = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-ss", f"{start:.6f}", "-i",
+           str(info.path), "-t", f"{t1 - t0:.6f}", "-map", "0:v:0", "-map", "0:a:0?", "-c", "copy",
+           "-avoid_negative_ts", "make_zero", "-map_metadata", "0", str(out_path)]
+    try:
+        done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    except (OSError, subprocess.TimeoutExpired):
+        done = None
+    if done is not None and done.returncode == 0 and out_path.exists():
+        from .decode import probe
+
+        try:
+            if probe(out_path).frame_count == last - first + 1:
+                return True
+        except KvlError:
+            pass
+    out_path.unlink(missing_ok=True)
+    return False
+
+
 def _time_range(info: VideoInfo, scene: Scene) -> tuple[int, int]:
     """The scene's [start, end) in the video stream's pts units."""
     end = int(info.pts[scene.end_frame]) if scene.end_frame < info.frame_count else None
@@ -73,11 +128,8 @@ def _time_range(info: VideoInfo, scene: Scene) -> tuple[int, int]:
 def _copy(info: VideoInfo, scene: Scene, out_path: Path) -> None:
     import av
 
-    start_pts, end_pts = _time_range(info, scene)
-    # stream copy must begin at a keyframe: the scene's own, or the one before it (`copy` forced)
-    keys = np.flatnonzero(info.keyframe[: scene.start_frame + 1])
-    first = int(keys[-1]) if len(keys) else 0
-    begin_pts = int(info.pts[first])
+    _, end_pts = _time_range(info, scene)
+    begin_pts = int(info.pts[_copy_start(info, scene)])
     with _open(info.path) as inp, av.open(str(out_path), "w") as out:
         vin = inp.streams.video[0]
         ain = inp.streams.audio[0] if inp.streams.audio else None
@@ -126,6 +178,8 @@ def _encode(info: VideoInfo, scene: Scene, out_path: Path) -> None:
         vout = out.add_stream(codec, rate=rate)
         vout.width, vout.height, vout.pix_fmt = info.width - info.width % 2, info.height - info.height % 2, "yuv420p"
         vout.time_base = vin.time_base  # keep the source's timestamps: variable frame rate survives
+        if info.rotation:  # pixels stay as coded; players turn them by the same display matrix
+            vout.set_display_rotation(info.rotation)
         if codec == "libx264":
             vout.options = {"crf": "18", "preset": "veryfast"}
         else:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .synth import cuts_video, fade_video, shot_frame, vfr_times_ms, write_video
+from .synth import cuts_video, fade_to_black_end, fade_video, shot_frame, vfr_times_ms, write_video
 
 pytest.importorskip("av")
 
@@ -22,6 +22,7 @@ def vids(tmp_path_factory) -> dict:
     frames = [shot_frame(0 if i < 33 else 1, i) for i in range(60)]
     out["vfr"] = (write_video(d / "vfr.mp4", frames, pts_ms=ms), 33, ms)
     out["keyed"] = cuts_video(d / "keyed.mp4", [24, 24], gop=12, audio=True)  # cut on a keyframe, with audio
+    out["fade_end"] = fade_to_black_end(d / "fade_end.mp4")
     return out
 
 

@@ -94,3 +94,17 @@ def vfr_times_ms(n: int) -> list[int]:
         out.append(t)
         t += steps[i % len(steps)]
     return out
+
+
+def fade_to_black_end(path: Path, size=(768, 432), fps: int = 30) -> tuple[Path, int]:
+    """A blue shot (30 frames), 7 frames dimming it to a few levels above black, then black to the end.
+
+    768x432 shrinks to 256x144 by exactly 3, so the detection pixels can be compared with PySceneDetect's.
+    Returns the path and the first black frame, where the picture (dark, but still blue) gives way to black.
+    """
+    frames = [shot_frame(2, t, size) for t in range(30)]
+    frames += [(shot_frame(2, 30 + k, size) * a).astype(np.uint8)
+               for k, a in enumerate((0.7, 0.5, 0.35, 0.24, 0.16, 0.1, 0.06))]
+    first_black = len(frames)
+    frames += [np.zeros((size[1], size[0], 3), np.uint8)] * 20
+    return write_video(path, frames, fps), first_black

@@ -100,3 +100,55 @@ def test_goldeneye_vfr_times(realvideo):
     assert info.times[60] == pytest.approx(3.754, abs=5e-4)
     assert info.times[140] == pytest.approx(8.759, abs=5e-4)
     assert info.times[60] * 30 != 60  # i.e. index / fps would be wrong here
+
+
+def _rotated_video(path, degrees: int):
+    """320x180 frames, a red square in the top-left corner of the coded picture, and a display matrix that
+    turns them `degrees` counter-clockwise (what phones write for portrait video)."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt, s.options = 320, 180, "yuv420p", {"preset": "ultrafast"}
+        s.set_display_rotation(degrees)
+        for _ in range(6):
+            a = np.full((180, 320, 3), 60, np.uint8)
+            a[:40, :40] = (255, 0, 0)
+            out.mux(s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")))
+        out.mux(s.encode(None))
+    return path
+
+
+def _red_corner(img) -> str:
+    a = np.asarray(img).astype(int)
+    corners = {"top-left": a[:30, :30], "top-right": a[:30, -30:], "bottom-left": a[-30:, :30],
+               "bottom-right": a[-30:, -30:]}
+    return max(corners, key=lambda k: corners[k][..., 0].mean() - corners[k][..., 1].mean())
+
+
+# a counter-clockwise turn carries the coded top-left corner to ...
+@pytest.mark.parametrize("degrees,size,corner", [(90, (180, 320), "bottom-left"), (180, (320, 180), "bottom-right"),
+                                                 (270, (180, 320), "top-right"), (0, (320, 180), "top-left")])
+def test_rotation_metadata_turns_grabbed_frames_upright(tmp_path, degrees, size, corner):
+    info = probe(_rotated_video(tmp_path / f"rot{degrees}.mp4", degrees))
+    assert info.rotation == degrees
+    assert detect_size(info) == (256, 144)  # PySceneDetect scales the longer side, so turning changes nothing
+    for backend in ("auto", "pyav"):
+        img = grab(info, [0.05], backend=backend)[0].image
+        assert img.size == size and _red_corner(img) == corner
+
+
+def test_rotation_agrees_with_ffmpeg(tmp_path):
+    """ffmpeg turns frames by the display matrix on its own: ours must come out the same way."""
+    import shutil
+    import subprocess
+
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        pytest.skip("ffmpeg is not installed")
+    path = _rotated_video(tmp_path / "rot.mp4", 90)
+    raw = subprocess.run([ffmpeg, "-v", "error", "-i", str(path), "-frames:v", "1", "-f", "rawvideo", "-pix_fmt",
+                          "rgb24", "-"], capture_output=True, check=True).stdout
+    theirs = np.frombuffer(raw, np.uint8).reshape(320, 180, 3).astype(int)
+    ours = np.asarray(grab(probe(path), [0.0])[0].image).astype(int)
+    assert ours.shape == theirs.shape and np.abs(ours - theirs).mean() < 3

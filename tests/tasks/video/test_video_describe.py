@@ -169,3 +169,19 @@ def test_ctrl_c_while_describing_keeps_what_is_done(vids, video_cli, monkeypatch
     assert code == 130 and "1 of 3 scenes have a description" in err
     data = json.loads(out.read_text())
     assert data["partial"] and [s["description"] for s in data["scenes"]] == ["a red scene", None, None]
+
+
+def test_the_model_sees_rotated_video_upright(tmp_path, tiny_processor):
+    """Frames sampled for the model follow the display matrix, in both modes: portrait stays portrait."""
+    from .test_video_decode import _red_corner, _rotated_video
+
+    r = find_scenes(_rotated_video(tmp_path / "portrait.mp4", 90), "content")
+    per_scene = Scripted(["a grey wall"], tiny_processor, context=4096)
+    describe_scenes(per_scene, r, frames_per_scene=1)
+    whole = Scripted(["(00:00:00 - 00:00:01) grey"])
+    model_scenes(whole, r, max_frames=2)
+    images = [p["image"] for e in (per_scene, whole) for p in _parts(e.calls[0][0], "image")]
+    assert len(images) >= 2
+    for img in images:
+        w, h = img.size
+        assert h > w and _red_corner(img) == "bottom-left"

@@ -136,12 +136,16 @@ def test_scorer_sparse_path_equals_the_whole_frame_path():
         ys, xs = rng.integers(0, 20, 15), rng.integers(0, 30, 15)
         rgb[k:, :, ys, xs] = rng.integers(0, 256, (3, 15), dtype=np.uint8)  # a few pixels change each frame
     rgb[6] = rng.integers(0, 256, (3, 20, 30), dtype=np.uint8)  # and one frame changes completely
-    s = Scorer()
-    s.add(np.arange(12), np.arange(12) / 30, rgb)
+    rgb[9] = rgb[8]  # and one does not change at all
     h = hsv(rgb).astype(np.int64)
     expected = np.r_[0, np.abs(np.diff(h, axis=0)).mean(axis=(2, 3)).mean(1)]
-    assert np.allclose(s.scores.content, expected, atol=1e-5)
-    assert (s.scores.content[[1, 2, 3]] > 0).all() and s.scores.content[6] > 10
+    # in one batch, and streamed in batches that cut between every kind of neighbour (sparse/dense, 1 frame)
+    for bounds in ([0, 12], [0, 1, 2, 6, 7, 12], [0, 5, 6, 9, 10, 12], list(range(13))):
+        s = Scorer()
+        for lo, hi in zip(bounds, bounds[1:]):
+            s.add(np.arange(lo, hi), np.arange(lo, hi) / 30, rgb[lo:hi])
+        assert np.allclose(s.scores.content, expected, atol=1e-5), bounds
+        assert (s.scores.content[[1, 2, 3]] > 0).all() and s.scores.content[6] > 10 and s.scores.content[9] == 0
 
 
 def test_detect_rejects_unknown_detector():

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from kvl_core.errors import KvlError
 from kvl_tasks.video import export
 from kvl_tasks.video.decode import probe
 from kvl_tasks.video.scenes import find_scenes
@@ -105,3 +106,77 @@ def test_split_copies_streams_when_cuts_are_on_keyframes(vids, tmp_path):
         assert all(np.array_equal(a, b) for a, b in zip(got, source[scene.start_frame:scene.end_frame]))  # lossless
         info = probe(f)
         assert info.has_audio and info.times[0] == 0.0
+
+
+def test_images_are_saved_upright(tmp_path):
+    from PIL import Image
+
+    from .test_video_decode import _red_corner, _rotated_video
+
+    r = find_scenes(_rotated_video(tmp_path / "portrait.mp4", 90), "content")
+    paths = export.save_images(r, tmp_path / "stills", per_scene=1)
+    with Image.open(paths[0]) as img:
+        assert img.size == (180, 320) and _red_corner(img) == "bottom-left"
+
+
+def _no_pyav_copy(monkeypatch):
+    import kvl_tasks.video.split as split
+
+    def refuse(*a):
+        raise AssertionError("the PyAV remuxer was used")
+
+    monkeypatch.setattr(split, "_copy", refuse)
+
+
+def test_split_copies_with_ffmpeg_when_present(vids, tmp_path, monkeypatch):
+    import shutil
+
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed")
+    monkeypatch.delenv("KVL_FFMPEG", raising=False)
+    _no_pyav_copy(monkeypatch)  # ffmpeg must do every copy itself
+    path, cuts = vids["keyed"]
+    r = find_scenes(path)
+    files = split_video(r, tmp_path, "auto")
+    source = _frames(path)
+    for scene, f in zip(r.scenes, files):
+        got = _frames(f)
+        assert len(got) == scene.frames
+        assert all(np.array_equal(a, b) for a, b in zip(got, source[scene.start_frame:scene.end_frame]))
+        info = probe(f)
+        assert info.has_audio and info.times[0] == 0.0
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_split_without_ffmpeg_remuxes_with_pyav(vids, tmp_path, monkeypatch):
+    monkeypatch.setenv("KVL_FFMPEG", "0")
+    path, _ = vids["keyed"]
+    r = find_scenes(path)
+    files = split_video(r, tmp_path, "auto")
+    assert [probe(f).frame_count for f in files] == [s.frames for s in r.scenes]
+    with pytest.raises(KvlError, match="ffmpeg: not found"):
+        split_video(r, tmp_path, "auto", tool="ffmpeg")
+
+
+def test_split_checks_ffmpegs_piece_and_falls_back(vids, tmp_path, monkeypatch):
+    """An ffmpeg that writes a wrong piece (here: one that copies the whole file) is caught by probing the
+    piece, which is then remuxed with PyAV."""
+    fake = tmp_path / "ffmpeg"
+    fake.write_text('#!/bin/sh\nfor last; do :; done\ncp "$KVL_TEST_SOURCE" "$last"\n')
+    fake.chmod(0o755)
+    path, _ = vids["keyed"]
+    monkeypatch.setenv("KVL_FFMPEG", str(fake))
+    monkeypatch.setenv("KVL_TEST_SOURCE", str(path))
+    r = find_scenes(path)
+    files = split_video(r, tmp_path / "out", "auto")
+    assert [probe(f).frame_count for f in files] == [s.frames for s in r.scenes] == [24, 24]
+
+
+@pytest.mark.parametrize("mode", ["copy", "encode"])
+def test_split_keeps_the_rotation(tmp_path, monkeypatch, mode):
+    from .test_video_decode import _rotated_video
+
+    monkeypatch.setenv("KVL_FFMPEG", "0")
+    r = find_scenes(_rotated_video(tmp_path / "portrait.mp4", 90), "content")
+    files = split_video(r, tmp_path / "out", mode)
+    assert [(probe(f).rotation, probe(f).frame_count) for f in files] == [(90, 6)]
