@@ -116,3 +116,20 @@ def tiny_long(tiny_dir, tmp_path):
     cfg["text_config"]["max_position_embeddings"] = 4096
     (folder / "config.json").write_text(json.dumps(cfg))
     return folder
+
+
+@pytest.fixture
+def kvl(monkeypatch, capsys):
+    """`kvl(engine, *argv) -> (code, stdout, stderr)`: the real CLI app, its model replaced by `engine`."""
+    import kvl_tasks.agent as agent
+    from kvl_cli.main import app, run
+
+    def call(engine, *argv):
+        if engine is not None:
+            monkeypatch.setattr(agent, "load_engine", lambda model, device, dtype, *backend: engine)
+        capsys.readouterr()
+        code = run(app, [str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call

@@ -14,23 +14,6 @@ from .conftest import SCREEN
 from .helpers import ScriptedEngine, click, user_images
 
 
-@pytest.fixture
-def kvl(monkeypatch, capsys):
-    """`kvl(engine, *argv) -> (code, stdout, stderr)`: the real CLI app, its model replaced by `engine`."""
-    import kvl_tasks.agent as agent
-    from kvl_cli.main import app, run
-
-    def call(engine, *argv):
-        if engine is not None:
-            monkeypatch.setattr(agent, "load_engine", lambda model, device, dtype, *backend: engine)
-        capsys.readouterr()
-        code = run(app, [str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return call
-
-
 def test_agent_enables_do_not_track_in_a_real_window(tk_app, kvl, tmp_path):
     ex, ey = tk_app.center("entry")
     cx, cy = tk_app.center("checkbox", dx=10)  # the indicator box at the row's left

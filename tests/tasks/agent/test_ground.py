@@ -72,22 +72,6 @@ def test_point_in_box_edges_and_normalised_boxes():
     assert not point_in_box(None, (0, 0, 1, 1))
 
 
-@pytest.fixture
-def kvl(monkeypatch, capsys):
-    import kvl_tasks.agent as agent
-    from kvl_cli.main import app, run
-
-    def call(engine, *argv):
-        if engine is not None:
-            monkeypatch.setattr(agent, "load_engine", lambda model, device, dtype, *backend: engine)
-        capsys.readouterr()
-        code = run(app, [str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return call
-
-
 def test_ground_command_prints_the_point(kvl, screenshot, tmp_path):
     code, out, err = kvl(ScriptedEngine(kimi), "agent", "ground", screenshot, "the OK button")
     assert code == 0, err
