@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kvl_core.config import KimiVLConfig, TextConfig, VisionConfig
+from kvl_core.config import TextConfig, VisionConfig
 from kvl_core.generation import SamplingParams, generate
 from kvl_core.model.language import DeepseekV3ForCausalLM
 from kvl_core.model.vision import MoonViT, apply_rope_pairs, rope2d_cos_sin

@@ -332,7 +332,6 @@ def load_into(model: "nn.Module", directory: str | os.PathLike, dtype: "str | to
     replaces files by rename, which is safe). Parameters keep their `requires_grad`; tied weights stay tied.
     Returns `model`.
     """
-    import torch
 
     d = Path(directory)
     target = parse_dtype(dtype)

@@ -1,7 +1,6 @@
 """The engine on the tiny checkpoint: the same ids as the low-level path, batching, streaming, defaults."""
 
 import pytest
-import torch
 from PIL import Image
 
 from kvl_core.engine import Engine, family_temperature

@@ -18,7 +18,7 @@ def _files(root):
 def test_same_arguments_give_byte_identical_files(tmp_path, kind):
     a = D.write_train(kind, tmp_path / "a", 6, seed=3)
     b = D.write_train(kind, tmp_path / "b", 6, seed=3)
-    assert a.name == f"{kind}.jsonl"
+    assert a.name == b.name == f"{kind}.jsonl"
     fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
     assert fa == fb and len(fa) == (1 if kind == "text" else 7)
     c = D.write_train(kind, tmp_path / "c", 6, seed=4)

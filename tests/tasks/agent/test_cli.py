@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from cli.helpers import listed_commands, run_kvl  # tests/ is on sys.path (rootdir conftest)
 
