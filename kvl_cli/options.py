@@ -34,3 +34,6 @@ ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Checkpoint dir or cached HF repo id (default $KVL_MODEL or the user config); "
                           "with --backend openai, the served model name (default: the server's only model).",
     show_default=False)]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, mps ...")]
+DtypeOpt = Annotated[Optional[str], typer.Option(
+    "--dtype", help="float32, bfloat16 or float16 (default: the checkpoint's).", show_default=False)]

@@ -23,7 +23,7 @@ from typing import IO, Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
-from kvl_cli.options import ApiKeyOpt, BackendOpt, BaseUrlOpt, ModelOpt
+from kvl_cli.options import ApiKeyOpt, BackendOpt, BaseUrlOpt, DeviceOpt, DtypeOpt, ModelOpt
 from kvl_core.errors import KvlError
 from kvl_core.prompts import ocr_prompt
 from kvl_tasks import documents as D
@@ -260,8 +260,8 @@ def ocr(
     backend: BackendOpt = None,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
-    dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16 (default: the checkpoint's).")] = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="Answer budget per page in tokens.")] = 4096,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     batch_size: Annotated[int, typer.Option(min=1, help="Pages generated together (helps on a GPU).")] = 1,

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from kvl_cli.options import ApiKeyOpt, BackendOpt, BaseUrlOpt, ModelOpt
+from kvl_cli.options import ApiKeyOpt, BackendOpt, BaseUrlOpt, DeviceOpt, DtypeOpt, ModelOpt
 from kvl_core.errors import KvlError
 from kvl_tasks import documents as D
 
@@ -240,8 +240,8 @@ def ask(
     backend: BackendOpt = None,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
-    dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16.")] = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Answer budget (default: the checkpoint's).")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="0 = greedy (default: the checkpoint's).")] = None,
 ) -> None:

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from kvl_cli.options import ApiKeyOpt, BackendOpt, BaseUrlOpt, ModelOpt
+from kvl_cli.options import ApiKeyOpt, BackendOpt, BaseUrlOpt, DeviceOpt, DtypeOpt, ModelOpt
 from kvl_cli.output import console, err_console, print_error, print_json
 from kvl_core.errors import KvlError
 
@@ -30,8 +30,8 @@ def chat(
     thinking_budget: Annotated[Optional[int], typer.Option(help="Thinking models: cap reasoning tokens, then make it answer.")] = None,
     show_thinking: Annotated[bool, typer.Option("--show-thinking", help="Print a thinking model's reasoning too.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print answer, reasoning, token counts and timings as JSON.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
-    dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16 (default: the checkpoint's).")] = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
     backend: BackendOpt = None,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,

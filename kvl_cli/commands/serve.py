@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from kvl_cli.options import CheckpointOpt
+from kvl_cli.options import CheckpointOpt, DeviceOpt, DtypeOpt
 
 
 def serve(
@@ -14,8 +14,8 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback exposes the model to the network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     served_model_name: Annotated[Optional[str], typer.Option(help="Name clients pass as `model` (default: --model as given).")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
-    dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16 (default: the checkpoint's).")] = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
     allow_local_files: Annotated[bool, typer.Option("--allow-local-files", help="Accept file:// image URLs (files this machine can read).")] = False,
     max_batch_size: Annotated[int, typer.Option(min=1, help="Requests generated together at most.")] = 16,
     batching: Annotated[bool, typer.Option("--batching/--no-batching", help="--no-batching serves one request at a time.")] = True,

@@ -74,24 +74,23 @@ def _accept(split: str, key: str) -> bool:
     return is_reserved(key) == (split == "heldout")
 
 
-def _plan_doc(split: str, kind: str, seed: int, index: int, spec: DocSpec, skip: set | None = None):
+def _plan(split: str, kind: str, seed: int, index: int, plan_fn, key_fn, spec, skip: set | None = None):
+    """(rng, plan, key) of the first attempt whose content key lies in `split`'s namespace (and not in `skip`)."""
     for attempt in range(_MAX_ATTEMPTS):
         rng = _rng(split, kind, seed, index, attempt)
-        plan = plan_document(rng, spec)
-        key = doc_key(plan)
+        plan = plan_fn(rng, spec)
+        key = key_fn(plan)
         if _accept(split, key) and (skip is None or key not in skip):
             return rng, plan, key
-    raise RuntimeError("could not draw a document in the requested namespace")  # pragma: no cover
+    raise RuntimeError(f"could not draw a {kind} sample in the {split} namespace")  # pragma: no cover
+
+
+def _plan_doc(split: str, kind: str, seed: int, index: int, spec: DocSpec, skip: set | None = None):
+    return _plan(split, kind, seed, index, plan_document, doc_key, spec, skip)
 
 
 def _plan_screen(split: str, kind: str, seed: int, index: int, spec: ScreenSpec, skip: set | None = None):
-    for attempt in range(_MAX_ATTEMPTS):
-        rng = _rng(split, kind, seed, index, attempt)
-        plan = plan_screen(rng, spec)
-        key = screen_key(plan)
-        if _accept(split, key) and (skip is None or key not in skip):
-            return rng, plan, key
-    raise RuntimeError("could not draw a screen in the requested namespace")  # pragma: no cover
+    return _plan(split, kind, seed, index, plan_screen, screen_key, spec, skip)
 
 
 def _png(img) -> bytes:

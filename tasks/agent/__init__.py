@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from kvl_cli.options import ApiKeyOpt, BackendOpt, BaseUrlOpt, ModelOpt
+from kvl_cli.options import ApiKeyOpt, BackendOpt, BaseUrlOpt, DeviceOpt, DtypeOpt, ModelOpt
 
 
 class AgentGroup(TyperGroup):
@@ -174,8 +174,8 @@ def agent(
     temperature: Annotated[Optional[float], typer.Option(min=0.0, help="Sampling temperature (default: the checkpoint's; 0 = greedy).", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling.", show_default=False)] = None,
     settle: Annotated[float, typer.Option(min=0.0, max=30.0, help="Seconds to let the screen react after an action before the next screenshot.")] = 0.5,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
-    dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16 (default: the checkpoint's).", show_default=False)] = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run's summary as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No step lines.")] = False,
 ) -> None:
@@ -272,8 +272,8 @@ def ground_command(
     max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help="Answer budget (default: the checkpoint's).", show_default=False)] = None,
     temperature: Annotated[Optional[float], typer.Option(min=0.0, help="Sampling temperature (default: the checkpoint's).", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling.", show_default=False)] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
-    dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16 (default: the checkpoint's).", show_default=False)] = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Print where TARGET is on SCREENSHOT: the model's click point, normalised (0-1) and in pixels."""

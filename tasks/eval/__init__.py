@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperGroup
 
-from kvl_cli.options import ApiKeyOpt, BackendOpt, BaseUrlOpt, ModelOpt
+from kvl_cli.options import ApiKeyOpt, BackendOpt, BaseUrlOpt, DeviceOpt, DtypeOpt, ModelOpt
 
 from kvl_core.errors import KvlError
 
@@ -119,8 +119,8 @@ def run(
     backend: BackendOpt = None,
     base_url: BaseUrlOpt = None,
     api_key: ApiKeyOpt = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
-    dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16 (default: the checkpoint's).")] = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples generated together (helps on a GPU).")] = 1,
     max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help="Answer budget (default: the harness's for this benchmark).")] = None,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy, as the reference harnesses run.")] = 0.0,

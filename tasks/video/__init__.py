@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from kvl_cli.options import ApiKeyOpt, BaseUrlOpt, ModelBackendOpt, ModelOpt
+from kvl_cli.options import ApiKeyOpt, BaseUrlOpt, DeviceOpt, DtypeOpt, ModelBackendOpt, ModelOpt
 
 app = typer.Typer(name="video", help="Video: scene splitting with exact cut frames, timestamps and descriptions.",
                   no_args_is_help=True, rich_markup_mode="rich", add_completion=False)
@@ -87,8 +87,8 @@ def scenes_command(
     max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help="Answer budget per model call (default: 96 per scene, 1024 for --mode model; capped by the context).", show_default=False)] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature for descriptions (default: the checkpoint's).", show_default=False)] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for sampling.", show_default=False)] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
-    dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16 (default: the checkpoint's).", show_default=False)] = None,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = None,
     backend: Annotated[Backend, typer.Option(help="Decoder for the detection scan (keyframes use decord when it agrees with the file's timestamps, else PyAV).")] = Backend.pyav,
     width: Annotated[int, typer.Option(min=16, max=4096, help="Detection size: the frame's longer side in pixels (PySceneDetect's automatic downscale uses 256).")] = 256,
     exact_decode: Annotated[bool, typer.Option("--exact-decode/--fast-decode", help="--fast-decode skips the codec's deblocking filter during detection: ~20% faster, but scores near a threshold can move (inside fades, say), so a cut there may differ from PySceneDetect's.")] = True,
