@@ -27,11 +27,14 @@ bench:
 
 # Retrain the built-in kvl-nano from scratch through every stage (about an hour on 2 CPU cores, see
 # docs/nano.md), evaluate it on the held-out sets and ship it into the package with its figures.
+# `make nano SCALE=10` trains 10x the steps on 10x the data (for a GPU or many cores).
+SCALE ?= 1
+NANO_RUN = runs/nano$(if $(filter 1,$(SCALE)),,-x$(SCALE))
 nano:
-	$(BIN)/kvl train --recipe nano --out runs/nano --resume --export kvl_core/assets/kvl-nano
+	$(BIN)/kvl train --recipe nano --scale $(SCALE) --out $(NANO_RUN) --resume --export kvl_core/assets/kvl-nano
 	mkdir -p docs/nano
-	cp runs/nano/recipe.png docs/nano/recipe.png
-	for s in $$(ls runs/nano/*/loss.png | xargs -n1 dirname | xargs -n1 basename); do cp runs/nano/$$s/loss.png docs/nano/$$s-loss.png; done
+	cp $(NANO_RUN)/recipe.png docs/nano/recipe.png
+	for s in $$(ls $(NANO_RUN)/*/loss.png | xargs -n1 dirname | xargs -n1 basename); do cp $(NANO_RUN)/$$s/loss.png docs/nano/$$s-loss.png; done
 
 # Optional: uses ruff if it is installed (venv or PATH); kvl does not depend on a linter.
 lint:

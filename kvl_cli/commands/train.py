@@ -23,6 +23,7 @@ def train(
     out: Annotated[Optional[str], typer.Option(help="Run folder: checkpoints step_*/, final/, metrics.jsonl, loss.png (--recipe: default runs/RECIPE).", show_default=False)] = None,
     recipe: Annotated[Optional[str], typer.Option(help="Run a whole multi-stage recipe on generated data instead: nano (the built-in kvl-nano) or smoke.", rich_help_panel=RECIPE, show_default=False)] = None,
     export: Annotated[Optional[str], typer.Option(help="With --recipe: write the final model here as a shippable bf16 folder.", rich_help_panel=RECIPE, show_default=False)] = None,
+    scale: Annotated[float, typer.Option(help="With --recipe: multiply every stage's steps and the generated training data (e.g. 10 on a GPU).", rich_help_panel=RECIPE)] = 1.0,
     model: Annotated[Optional[str], typer.Option(help="Start from this checkpoint (the previous stage's final/).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Or start from a fresh model of this preset (tiny, ...).")] = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 100,
@@ -62,7 +63,7 @@ def train(
 
     if recipe is not None:
         summary = run_recipe(recipe, out or f"runs/{recipe}", seed=seed, resume=resume, device=device,
-                             export=export, quiet=json_out)
+                             export=export, quiet=json_out, scale=scale)
         if json_out:
             print_json(summary)
         return
@@ -97,7 +98,7 @@ def train(
 
 
 def run_recipe(name: str, out: str, seed: int = 0, resume: bool = False, device: str = "auto",
-               export: str | None = None, quiet: bool = False) -> dict:
+               export: str | None = None, quiet: bool = False, scale: float = 1.0) -> dict:
     """Every stage of a recipe, then its held-out evaluation (`kvl eval nano-ocr / nano-ground`), then
     optionally the export of the final model with its metrics."""
     import json
@@ -105,14 +106,14 @@ def run_recipe(name: str, out: str, seed: int = 0, resume: bool = False, device:
 
     from kvl_core.training import recipes
 
-    rec = recipes.recipe(name)
+    rec = recipes.recipe(name, scale)
     with _Reporter(disable=quiet) as report:
         summary = recipes.run(rec, out, seed=seed, resume=resume, device=device, on_event=report)
     summary["eval"] = evaluate_heldout(summary, Path(out) / "eval", device=device, quiet=quiet)
     (Path(out) / "recipe.json").write_text(json.dumps(summary, indent=1) + "\n")
     recipes.plot_recipe(Path(out))
     if export:
-        recipes.export(summary["final"], export, extra={"recipe": name, "seed": seed, "eval": summary["eval"],
+        recipes.export(summary["final"], export, extra={"recipe": name, "scale": scale, "seed": seed, "eval": summary["eval"],
                                                         "stages": summary["stages"]})
         if not quiet:
             err_console.print(f"[green]exported[/]: {export}")

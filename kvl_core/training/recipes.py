@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -56,6 +56,24 @@ class Recipe:
     stages: list[StageRun]
     merges: int = 0  # BPE merges learned on the corpus (0: byte-level tokenizer)
     notes: str = ""
+    scale: float = 1.0  # what `scaled` multiplied the steps and training data by (recorded in recipe.json)
+
+
+MAX_SCALE = 1000.0
+
+
+def scaled(rec: Recipe, factor: float) -> Recipe:
+    """`rec` with every stage's steps and every kind's training samples multiplied by `factor` (fresh
+    data, not repeats: the generator draws new samples). Batches, learning rates, the held-out sets and
+    the tokenizer size stay as they are, so a larger factor is simply more training: the knob for a
+    machine with more compute than the recipe was sized for (a GPU, many cores)."""
+    if not (0 < factor <= MAX_SCALE):
+        raise KvlError(f"--scale must be in (0, {MAX_SCALE:g}], got {factor:g}")
+    if factor == 1:
+        return rec
+    grow = lambda n: max(1, round(n * factor))  # noqa: E731
+    return replace(rec, samples={k: grow(n) for k, n in rec.samples.items()},
+                   stages=[replace(st, steps=grow(st.steps)) for st in rec.stages], scale=rec.scale * factor)
 
 
 def nano() -> Recipe:
@@ -102,11 +120,12 @@ def smoke() -> Recipe:
 RECIPES: dict[str, Callable[[], Recipe]] = {"nano": nano, "smoke": smoke}
 
 
-def recipe(name: str) -> Recipe:
+def recipe(name: str, scale: float = 1.0) -> Recipe:
     try:
-        return RECIPES[name]()
+        rec = RECIPES[name]()
     except KeyError:
         raise KvlError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}") from None
+    return scaled(rec, scale)
 
 
 # ---- running ------------------------------------------------------------------------------------
@@ -120,9 +139,14 @@ def _kinds(specs: list[str]) -> list[tuple[str, str]]:
 
 
 def prepare_data(rec: Recipe, out: Path, seed: int, emit: Callable[[str, dict], None],
-                 workers: int = 2) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Generate (or reuse) the training and held-out sets; returns ({kind: train JSONL}, {kind: held-out JSONL})."""
+                 workers: int | None = None) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Generate (or reuse) the training and held-out sets; returns ({kind: train JSONL}, {kind: held-out JSONL}).
+    The files do not depend on `workers` (default: every core, at most 16)."""
+    import os
+
     from kvl_core import synth
+
+    workers = workers or min(16, os.cpu_count() or 1)
 
     paths: dict[str, Path] = {}
     for kind, n in rec.samples.items():
@@ -207,7 +231,12 @@ def run(rec: Recipe, out: str | Path, seed: int = 0, resume: bool = False, devic
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"recipe": asdict(rec), "seed": seed, "stages": {}}
     if log_path.exists():
-        summary["stages"] = json.loads(log_path.read_text()).get("stages", {})
+        previous_run = json.loads(log_path.read_text())
+        recorded = {"scale": 1.0, **previous_run.get("recipe", summary["recipe"])}  # runs from before `scale`
+        if recorded != summary["recipe"] or previous_run.get("seed", seed) != seed:
+            raise KvlError(f"{out}: holds a run of another recipe, scale or seed (see its recipe.json); "
+                           "resume it with the same settings or choose another --out")
+        summary["stages"] = previous_run.get("stages", {})
 
     t0 = time.perf_counter()
     data, heldout = prepare_data(rec, out, seed, emit)
@@ -315,4 +344,4 @@ def export(final: str | Path, dest: str | Path, dtype: str = "bfloat16",
     return dest
 
 
-__all__ = ["Recipe", "StageRun", "RECIPES", "recipe", "run", "prepare_data", "nano", "smoke", "export", "plot_recipe"]
+__all__ = ["Recipe", "StageRun", "RECIPES", "recipe", "scaled", "run", "prepare_data", "nano", "smoke", "export", "plot_recipe"]

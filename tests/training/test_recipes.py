@@ -110,3 +110,35 @@ def test_same_seed_retrains_to_identical_weights(smoke_run, tmp_path):
     b = KimiVLForConditionalGeneration.from_pretrained(again["final"]).state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_scale_multiplies_steps_and_training_data_but_not_held_out_sets():
+    base, big = recipes.smoke(), recipes.recipe("smoke", 2.5)
+    assert [st.steps for st in big.stages] == [round(st.steps * 2.5) for st in base.stages]
+    assert big.samples == {k: round(n * 2.5) for k, n in base.samples.items()}
+    assert big.heldout == base.heldout and big.merges == base.merges and big.scale == 2.5
+    assert [(st.lr, st.batch_tokens) for st in big.stages] == [(st.lr, st.batch_tokens) for st in base.stages]
+    assert recipes.recipe("smoke") == base
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), 1e6])
+def test_absurd_scale_is_refused(bad):
+    with pytest.raises(KvlError, match="--scale must be in"):
+        recipes.recipe("nano", bad)
+
+
+def test_resume_refuses_a_run_of_another_scale_or_seed(smoke_run):
+    out, _, _ = smoke_run
+    with pytest.raises(KvlError, match="another recipe, scale or seed"):
+        recipes.run(recipes.recipe("smoke", 2), out, resume=True)
+    with pytest.raises(KvlError, match="another recipe, scale or seed"):
+        recipes.run(recipes.smoke(), out, seed=1, resume=True)
+
+
+def test_cli_refuses_absurd_scale_in_one_line(tmp_path):
+    from tests.cli.helpers import run_kvl
+
+    proc = run_kvl("train", "--recipe", "smoke", "--scale", "0", "--out", str(tmp_path / "run"))
+    assert proc.returncode != 0
+    assert "--scale must be in" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # refused before any work
