@@ -2,6 +2,9 @@
 nano recipe is consistent with its preset."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -136,9 +139,9 @@ def test_resume_refuses_a_run_of_another_scale_or_seed(smoke_run):
 
 
 def test_cli_refuses_absurd_scale_in_one_line(tmp_path):
-    from tests.cli.helpers import run_kvl
-
-    proc = run_kvl("train", "--recipe", "smoke", "--scale", "0", "--out", str(tmp_path / "run"))
+    kvl = Path(sys.executable).parent / "kvl"
+    proc = subprocess.run([str(kvl), "train", "--recipe", "smoke", "--scale", "0", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "--scale must be in" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()  # refused before any work
