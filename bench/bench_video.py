@@ -101,7 +101,7 @@ def profile(path: Path, reps: int) -> dict:
 
     from kvl_tasks.video.decode import detect_size, probe
     from kvl_tasks.video.detect import Scorer
-    from kvl_tasks.video.scan import DECODE_THREADS, _scan_here
+    from kvl_tasks.video.scan import DECODE_THREADS, _decode_pyav, _pyav_batches
 
     info = probe(path)
     size = detect_size(info)
@@ -116,7 +116,7 @@ def profile(path: Path, reps: int) -> dict:
     def kvl_pixels(score: bool):
         def run():
             scorer, n = Scorer(intensity=False), 0
-            for b in _scan_here(info, size, 0, info.frame_count, False, 16, "pyav"):
+            for b in _pyav_batches(_decode_pyav(info, 0, info.frame_count, False), info, size, 16):
                 n += len(b.index)
                 if score:
                     scorer.add(b.index, b.time, b.rgb)

@@ -45,6 +45,32 @@ def test_scan_from_the_middle_numbers_frames_from_the_file_start(vids):
     assert np.array_equal(np.concatenate([b.rgb for b in part]), full[30:60])
 
 
+def test_threaded_scan_equals_the_scan_in_the_caller(vids, monkeypatch):
+    """The decode -> pixels -> caller pipeline hands over exactly what one thread computes, in order."""
+    path, _ = vids["cuts"]
+    info = probe(path)
+    piped = list(scan(info, batch=7))
+    monkeypatch.setenv("KVL_DECODE_THREAD", "0")
+    alone = list(scan(info, batch=7))
+    assert [len(b.index) for b in piped] == [len(b.index) for b in alone]
+    for a, b in zip(piped, alone):
+        assert np.array_equal(a.index, b.index) and np.array_equal(a.time, b.time) and np.array_equal(a.rgb, b.rgb)
+
+
+def test_leaving_a_scan_early_stops_its_threads(vids):
+    import threading
+    import time
+
+    path, _ = vids["cuts"]
+    batches = scan(probe(path), batch=4)
+    next(batches)
+    batches.close()  # what Ctrl-C or an early break does
+    deadline = time.monotonic() + 5
+    while any(t.name.startswith("kvl-video") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("kvl-video")]
+
+
 def test_decord_and_pyav_scans_agree(vids):
     pytest.importorskip("decord")
     path, _, ms = vids["vfr"]
