@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Generator, Iterator
 
 import numpy as np
 
@@ -207,7 +207,7 @@ def _decode_pyav(info: VideoInfo, first: int, stop: int, fast: bool) -> Iterator
         container.close()
 
 
-def _pyav_batches(groups: Iterator[list], info: VideoInfo, size: tuple[int, int],
+def _pyav_batches(groups: Generator[list, None, None], info: VideoInfo, size: tuple[int, int],
                   batch: int) -> Iterator[FrameBatch]:
     """Decoded frames -> batches of detection pixels (see `_Subsampler`)."""
     from av.video.reformatter import Interpolation, VideoReformatter
@@ -238,9 +238,7 @@ def _pyav_batches(groups: Iterator[list], info: VideoInfo, size: tuple[int, int]
             sampler.flush(buf)
             yield FrameBatch(idx[:n].copy(), tms[:n].copy(), buf[:n].copy())
     finally:
-        close = getattr(groups, "close", None)
-        if close is not None:
-            close()  # stops the decoding thread and closes the container
+        groups.close()  # stops the decoding thread and closes the container
 
 
 def _scan_decord(vr, info: VideoInfo, first: int, stop: int, batch: int) -> Iterator[FrameBatch]:
