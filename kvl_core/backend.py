@@ -49,8 +49,12 @@ def resolve_backend(backend: str | None = None, base_url: str | None = None) -> 
 def load_engine(model: str | None = None, backend: str | None = None, base_url: str | None = None,
                 api_key: str | None = None, device: str = "cpu", dtype: Any = None, *,
                 processor: str | None = None, max_concurrency: int | None = None,
-                timeout: float | None = None):
+                timeout: float | None = None, skill: str | None = None, verb: str | None = None):
     """The engine a task talks to.
+
+    `skill` (with `verb`, the command's name for the message) says what the task asks of the model: when
+    the built-in demo model would stand in and was not trained for it, this refuses in one line
+    (`hub.require_skill`) instead of answering with fluent noise.
 
     `model` is a checkpoint spec for the local backend (path, cached HF repo id, $KVL_MODEL) and the
     *served model name* for the openai backend (default: the server's only model). `device`/`dtype`
@@ -59,6 +63,11 @@ def load_engine(model: str | None = None, backend: str | None = None, base_url: 
     kind = resolve_backend(backend, base_url)
     if kind == "local":
         from kvl_core.engine import Engine
+
+        if skill is not None:
+            from kvl_core.hub import require_skill
+
+            require_skill(model, skill, verb or "this command")
 
         return Engine.load(model, device=device, dtype=dtype)
     from kvl_core.openai_engine import OpenAIEngine

@@ -36,6 +36,13 @@ BUILTIN_MODELS = {
                 "--recipe nano`; a demo of the pipeline, not a reader",
 }
 DEFAULT_MODEL = "kvl-nano"
+# What a built-in model was trained to do, when its kvl_model.json does not say: the verbs it may run
+# when it stands in because nothing is configured. Any other verb refuses in one line (it would print
+# fluent noise), unless the user names the model (`--model kvl-nano`).
+BUILTIN_SKILLS = ("ocr", "ground")
+SKILL_WORDS = {"ocr": "read documents to markdown (`kvl ocr`)",
+               "ground": "point at a control on a screen (`kvl agent ground`)",
+               "invoice-qa": "answer key lookups on invoices (`kvl pdf ask`, `kvl chat` with an image)"}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
@@ -112,6 +119,33 @@ def builtin_quality(name: str) -> str:
         g = ev["ground"]["metrics"]
         parts.append(f"click-in-box {g['accuracy']:.0f}% (random {g.get('random_baseline', 0):.1f}%)")
     return ", ".join(parts)
+
+
+def builtin_skills(name: str = DEFAULT_MODEL) -> tuple[str, ...]:
+    """The skills a built-in model was exported with (kvl_model.json "skills"), else BUILTIN_SKILLS."""
+    import json
+
+    path = builtin_model(name)
+    try:
+        skills = json.loads((path / "kvl_model.json").read_text()).get("skills") if path else None
+    except (OSError, ValueError):
+        skills = None
+    return tuple(skills) if isinstance(skills, list) and skills else BUILTIN_SKILLS
+
+
+def require_skill(spec: str | None, skill: str, verb: str) -> None:
+    """Refuse `verb` in one line when the built-in model would stand in for it (nothing configured)
+    and was never trained for `skill`. A configured or named model (kvl-nano by name included) always
+    runs; an install without built-in weights is left to `resolve_model`'s own message."""
+    if configured_model_spec(spec) is not None or builtin_model(DEFAULT_MODEL) is None:
+        return
+    skills = builtin_skills(DEFAULT_MODEL)
+    if skill in skills:
+        return
+    can = " and ".join(SKILL_WORDS.get(s, s) for s in skills)
+    raise KvlError(f"{verb} needs a real model: {DEFAULT_MODEL}, the built-in demo model, can only {can}; pass "
+                   "--model PATH_OR_REPO_ID (e.g. moonshotai/Kimi-VL-A3B-Instruct), set KVL_MODEL, or use "
+                   f"--backend openai --base-url URL (--model {DEFAULT_MODEL} runs it anyway)")
 
 
 def default_notice(name: str = DEFAULT_MODEL) -> str:

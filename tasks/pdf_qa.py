@@ -252,7 +252,8 @@ def ask(
     if question is None and not interactive:
         raise KvlError("no question: pass one, or --interactive")
     sources, _ = D.discover([file])
-    engine = load_engine(model, backend, base_url, api_key, device=device, dtype=dtype)
+    engine = load_engine(model, backend, base_url, api_key, device=device, dtype=dtype, skill="pdf-qa",
+                         verb="kvl pdf ask")
     session = PdfSession(engine, sources[0], password, pages, dpi, max_pages, max_new_tokens, temperature)
 
     def answer(q: str) -> None:

@@ -39,7 +39,7 @@ def chat(
     """Talk to the model: text, images, multi-turn."""
     from kvl_core.backend import load_engine
 
-    engine = load_engine(model, backend, base_url, api_key, device=device, dtype=dtype)
+    engine = load_engine(model, backend, base_url, api_key, device=device, dtype=dtype, skill="chat", verb="kvl chat")
     options = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                    repetition_penalty=repetition_penalty, seed=seed, thinking_budget=thinking_budget)
     history = [{"role": "system", "content": system}] if system else []

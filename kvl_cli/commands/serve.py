@@ -38,6 +38,9 @@ def serve(
                       allow_local_files=allow_local_files, max_body_bytes=int(max_body_mb * 2**20),
                       max_images=max_images, max_image_pixels=max_image_pixels,
                       max_batch_size=max_batch_size if batching else 1, batch_wait_ms=batch_wait_ms)
+    from kvl_core.hub import require_skill
+
+    require_skill(model, "chat", "kvl serve")
     err_console.print("[dim]loading the model ...[/dim]")
     engine = Engine.load(model, device=device, dtype=dtype)
     run_server(engine, cfg, announce=lambda msg: err_console.print(msg, markup=False, highlight=False))

@@ -210,9 +210,14 @@ def run_command(instruction: str, folder: Path, *, model, device, dtype, max_ste
     from kvl_cli.output import err_console
     from kvl_core.errors import KvlError
 
+    from kvl_core.backend import resolve_backend
+    from kvl_core.hub import require_skill
+
     from .loop import AgentConfig, run_agent
     from .trajectory import Trajectory
 
+    if resolve_backend(backend, base_url) == "local":  # before a trajectory folder or the screen is touched
+        require_skill(model, "agent", 'kvl agent "INSTRUCTION"')
     traj = Trajectory(folder, log_typed_text=log_typed_text)
     config = AgentConfig(instruction, max_steps=max_steps, history=history, dry_run=dry_run, confirm=confirm,
                          allow=allow, settle=settle, sampling=sampling)

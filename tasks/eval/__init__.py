@@ -132,6 +132,12 @@ def run(
     from kvl_tasks.eval.runner import EvalOptions, load_engine, run_eval
 
     bench = get_benchmark(benchmark, parse_sets(set_ or []))
+    if not benchmark.startswith("nano-"):  # the built-in model's own held-out sets are what it can be scored on
+        from kvl_core.backend import resolve_backend
+        from kvl_core.hub import require_skill
+
+        if resolve_backend(backend, base_url) == "local":
+            require_skill(model, "eval", f"kvl eval {benchmark}")
     out = out if out is not None else Path("eval_runs") / benchmark
     opts = EvalOptions(limit, batch_size, max_new_tokens, temperature, resume)
     if data is not None and not data.exists():

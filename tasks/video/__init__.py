@@ -119,8 +119,9 @@ def scenes_command(
     if describe and remote:  # fail before a long scan, not after it (a server is cheap to ask)
         engine = load_engine(model, model_backend, base_url, api_key)
     elif describe:
-        from kvl_core.hub import resolve_model
+        from kvl_core.hub import require_skill, resolve_model
 
+        require_skill(model, "video-describe", "scene descriptions (--describe)")
         resolve_model(model)
 
     info = probe(file)

@@ -65,3 +65,50 @@ def test_a_configured_model_silences_the_notice(no_config, tiny_dir):
     proc = run_kvl("chat", "--max-new-tokens", "2", "hi", KVL_MODEL=str(tiny_dir), **no_config)
     assert proc.returncode == 0, proc.stderr
     assert "using kvl-nano" not in proc.stderr
+
+
+# ---- what the built-in model must not do: verbs outside its skills refuse in one line ------------------
+
+def _pdf(tmp_path: Path) -> Path:
+    fitz = pytest.importorskip("fitz")
+    doc = fitz.open()
+    doc.new_page().insert_text((72, 72), "Revenue in Q3 was $4.2M.")
+    path = tmp_path / "report.pdf"
+    doc.save(path)
+    return path
+
+
+REFUSED = {
+    "chat": lambda tmp: ["chat", "What is the total?"],
+    "pdf ask": lambda tmp: ["pdf", "ask", str(_pdf(tmp)), "What was Q3 revenue?"],
+    "agent": lambda tmp: ["agent", "enable Do Not Track", "--dry-run", "--trajectory", str(tmp / "traj")],
+    "video describe": lambda tmp: ["video", "scenes", str(ROOT / "examples" / "invoice.png"), "--describe"],
+    "eval": lambda tmp: ["eval", "ocrbench", "--data", str(tmp), "--out", str(tmp / "ev")],
+    "serve": lambda tmp: ["serve", "--port", "1"],
+}
+
+
+@pytest.mark.parametrize("verb", list(REFUSED))
+def test_verbs_outside_the_built_in_skills_refuse_in_one_line(verb, no_config, tmp_path):
+    proc = run_kvl(*REFUSED[verb](tmp_path), **no_config)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in proc.stderr, proc.stderr
+    line = lines[0]
+    assert "needs a real model" in line and "kvl-nano" in line
+    for how in ("--model", "KVL_MODEL", "--backend openai"):
+        assert how in line
+    assert "kvl ocr" in line  # says what the built-in model can do
+    assert proc.stdout == ""
+    assert not (tmp_path / "traj").exists() and not (tmp_path / "ev").exists()  # nothing was started
+
+
+def test_naming_kvl_nano_runs_it_anyway(no_config):
+    proc = run_kvl("chat", "--model", "kvl-nano", "--max-new-tokens", "3", "hi", **no_config)
+    assert proc.returncode == 0, proc.stderr
+    assert "needs a real model" not in proc.stderr
+
+
+def test_the_built_in_models_own_benchmarks_are_not_refused(no_config, tmp_path):
+    proc = run_kvl("eval", "nano-ocr", "--data", str(tmp_path / "missing.jsonl"), **no_config)
+    assert "needs a real model" not in proc.stderr

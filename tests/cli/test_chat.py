@@ -51,13 +51,20 @@ def test_repl_two_turns_grow_the_context(tiny_dir):
     assert results[1]["prompt_tokens"] > results[0]["prompt_tokens"] + 3
 
 
-def test_no_model_configured_uses_the_built_in_and_says_so(tmp_path):
-    # (an install without the built-in weights gets the "no model configured" line: tests/test_hub.py)
+def test_no_model_configured_chat_refuses_the_built_in_and_says_how(tmp_path):
+    # kvl-nano was never trained to chat: one line saying what to pass (tests/cli/test_builtin_model.py has the
+    # other verbs); an install without the built-in weights gets the "no model configured" line (tests/test_hub.py)
     proc = run_kvl("chat", "--max-new-tokens", "4", "hi", KVL_CONFIG=str(tmp_path / "none.toml"),
                    HF_HOME=str(tmp_path))
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "needs a real model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_chat_with_the_built_in_by_name_says_so(tmp_path):
+    proc = run_kvl("chat", "--model", "kvl-nano", "--max-new-tokens", "4", "hi", KVL_CONFIG=str(tmp_path / "none.toml"),
+                   HF_HOME=str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    notices = [ln for ln in proc.stderr.splitlines() if ln.startswith("using kvl-nano")]
-    assert len(notices) == 1 and "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_bad_model_path_is_one_line(tmp_path):

@@ -30,7 +30,8 @@ def test_two_words_unquoted_is_a_usage_error():
 
 
 def test_no_display_is_a_clear_error_and_is_recorded(tmp_path):
-    proc = run_kvl("agent", "Enable Do Not Track", "--trajectory", str(tmp_path / "t"))  # run_kvl drops DISPLAY
+    # a model named (the built-in one refuses whole agent tasks unless named); run_kvl drops DISPLAY
+    proc = run_kvl("agent", "Enable Do Not Track", "--model", "kvl-nano", "--trajectory", str(tmp_path / "t"))
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: no X display: run under xvfb-run, or set DISPLAY (e.g. DISPLAY=:0)"
     summary = json.loads((tmp_path / "t" / "summary.json").read_text())
@@ -39,7 +40,7 @@ def test_no_display_is_a_clear_error_and_is_recorded(tmp_path):
 
 
 def test_a_display_that_does_not_answer(tmp_path):
-    proc = run_kvl("agent", "x", "--trajectory", str(tmp_path / "t"), DISPLAY=":87")
+    proc = run_kvl("agent", "x", "--model", "kvl-nano", "--trajectory", str(tmp_path / "t"), DISPLAY=":87")
     assert proc.returncode == 1 and proc.stderr.startswith("error: cannot open the display ':87'")
 
 
