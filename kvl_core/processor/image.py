@@ -233,6 +233,10 @@ class ImageProcessor:
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     max_grid_side: int = MAX_GRID_SIDE
+    # kvl extension (`kvl_upscale` in preprocessor_config.json, absent = 1 = the reference): enlarge every
+    # image by this factor (PIL bicubic) before the patch budget is applied. kvl-nano reads at 2x: a
+    # 13-18 px glyph then spans one to two 14-px patches instead of sharing one with its neighbours.
+    upscale: float = 1.0
 
     def __post_init__(self) -> None:
         self.merge_kernel_size = tuple(int(k) for k in self.merge_kernel_size)  # type: ignore[assignment]
@@ -248,6 +252,8 @@ class ImageProcessor:
             problems.append("merge_kernel_size must be two positive integers")
         if not isinstance(self.in_token_limit, int) or self.in_token_limit <= 0:
             problems.append("in_token_limit must be a positive integer")
+        if not (isinstance(self.upscale, (int, float)) and 0.25 <= self.upscale <= 8):
+            problems.append("kvl_upscale must be a number from 0.25 to 8")
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             problems.append("image_mean and image_std need 3 values (RGB)")
         elif any(s == 0 for s in self.image_std):
@@ -280,6 +286,10 @@ class ImageProcessor:
                     kw[key] = value
                 elif key in ("image_mean", "image_std"):
                     kw[key] = tuple(float(x) for x in value)
+                elif key == "kvl_upscale":
+                    if isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise TypeError(f"expected a number, got {value!r}")
+                    kw["upscale"] = float(value)
             except (TypeError, ValueError) as e:
                 raise KvlError(f"{source}: invalid {key} ({e})") from None
         try:
@@ -296,6 +306,7 @@ class ImageProcessor:
             "pad_input": self.pad_input,
             "image_mean": list(self.image_mean),
             "image_std": list(self.image_std),
+            **({"kvl_upscale": self.upscale} if self.upscale != 1 else {}),
         }
 
     # ---- geometry -------------------------------------------------------------------------------
@@ -311,6 +322,8 @@ class ImageProcessor:
         w, h = int(width), int(height)
         if w <= 0 or h <= 0:
             raise KvlError(f"{source}: image has zero size {w}x{h}")
+        if self.upscale != 1:
+            w, h = max(1, round(w * self.upscale)), max(1, round(h * self.upscale))
         count = (w // ps) * (h // ps)
         if count > self.in_token_limit:
             # float64 sqrt and int() truncation exactly as the reference: sizes must match it to the pixel.

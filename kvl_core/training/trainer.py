@@ -33,9 +33,12 @@ from kvl_core.config import preset as config_preset
 from kvl_core.errors import KvlError
 from kvl_core.model import KimiVLForConditionalGeneration
 from kvl_core.training import stages as stage_recipes
+from kvl_core.training.init import init_weights
 
 # Max 14-px patches per image for a model trained from a preset (the released models use 4096).
 PRESET_PATCH_LIMIT = {"tiny": 256, "nano": 768}
+# Presets whose fresh models read at a larger image scale (ImageProcessor.upscale, docs/nano.md).
+PRESET_UPSCALE: dict[str, float] = {}
 SIDE_FILES = ("tiktoken.model", "tokenizer_config.json", "preprocessor_config.json", "generation_config.json")
 
 
@@ -108,7 +111,7 @@ def load_model(source: Path | str | None, preset: str | None, out: Path, seed: i
                 shutil.copyfile(Path(tokenizer) / name, side_dir / name)
         else:
             save_byte_level_tokenizer(side_dir, mcfg.text.vocab_size)
-        ip = ImageProcessor(in_token_limit=PRESET_PATCH_LIMIT.get(preset, 4096))
+        ip = ImageProcessor(in_token_limit=PRESET_PATCH_LIMIT.get(preset, 4096), upscale=PRESET_UPSCALE.get(preset, 1.0))
         (side_dir / "preprocessor_config.json").write_text(json.dumps(ip.to_dict(), indent=1))
     return model, side_dir
 
@@ -146,19 +149,6 @@ def publish_final(out: Path, path: Path) -> Path:
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
-
-
-def init_weights(model: torch.nn.Module, std: float, seed: int) -> None:
-    """Fresh-model init: N(0, std) matrices and embeddings, zero biases, unit norms, zero router bias."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("e_score_correction_bias") or (p.dim() == 1 and "norm" not in name):
-                p.zero_()
-            elif p.dim() == 1:
-                p.fill_(1.0)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
 def set_trainable(model: torch.nn.Module, prefixes: list[str]) -> list[str]:

@@ -366,3 +366,29 @@ def test_missing_directory_and_remote(tmp_path):
         load_image("data:image/png;base64,@@@")
     with pytest.raises(KvlError, match="unsupported image source"):
         load_image(12345)  # type: ignore[arg-type]
+
+
+# ---- kvl_upscale: kvl-nano reads at a larger scale (absent = the reference processor) ----------------
+
+def test_upscale_enlarges_before_the_budget_and_round_trips_through_the_config():
+    ip = ImageProcessor(in_token_limit=4096, upscale=2.0)
+    plan = ip.plan(392, 168)
+    assert plan.resized_wh == (784, 336) and plan.grid_hw == (24, 56) and plan.tokens == 12 * 28
+    img = Image.new("RGB", (392, 168), (255, 255, 255))
+    patches, grid = ip.preprocess(img)
+    assert grid == (24, 56) and patches.shape == (24 * 56, 3, 14, 14)
+    d = ip.to_dict()
+    assert d["kvl_upscale"] == 2.0 and ImageProcessor.from_dict(d).upscale == 2.0
+    assert "kvl_upscale" not in ImageProcessor().to_dict()  # the reference's files stay exactly as they are
+
+
+def test_upscale_then_the_patch_budget_still_applies():
+    ip = ImageProcessor(in_token_limit=768, upscale=2.0)
+    plan = ip.plan(448, 336)  # 896 x 672 = 3072 patches > 768: scaled back down to fit
+    assert plan.num_patches <= 768
+
+
+@pytest.mark.parametrize("bad", ["2", True, 0, 100])
+def test_bad_upscale_in_a_config_is_one_line(bad):
+    with pytest.raises(KvlError, match="kvl_upscale"):
+        ImageProcessor.from_dict({"kvl_upscale": bad}, source="m/preprocessor_config.json")
