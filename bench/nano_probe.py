@@ -194,7 +194,11 @@ def oracle_features(dense: torch.Tensor, dim: int) -> torch.Tensor:
     return sum(t[s][dense[:, s]] for s in range(AUX_SLOTS))
 
 
-def loss_and_acc(model, ids, labels, px, head=None, aux_weight=1.0):
+def loss_and_acc(model, ids, labels, px, head=None, aux_weight=1.0, dense_only=False):
+    if dense_only:  # the vision-first phase: the reading head alone, no language-model pass
+        feats = model.get_image_features(px["pixel_values"], px["image_grid_hws"])
+        loss = F.cross_entropy(head(feats).flatten(0, 1), px["dense"].flatten())
+        return loss, torch.zeros(())
     if "oracle" in px:
         feats = oracle_features(px["oracle"], model.config.text.hidden_size)
     else:
@@ -314,6 +318,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--opt", default="muon", choices=["muon", "adamw"])
     ap.add_argument("--lr", type=float, default=3e-4, help="peak LR of the Muon matrices (or all, with --opt adamw)")
     ap.add_argument("--lr-adamw", type=float, default=None, help="peak LR of the AdamW group (default: --lr)")
+    ap.add_argument("--lr-vision", type=float, default=None,
+                    help="peak LR of the vision tower and projector (default: --lr; the AdamW group follows --lr-adamw)")
     ap.add_argument("--warmup", type=int, default=30, help="steps")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--upscale", type=float, default=1.0)
@@ -326,6 +332,8 @@ def main(argv=None) -> dict:
                     help="head: a linear reading head on the projector outputs; lm: the LM's own logits at image positions")
     ap.add_argument("--max-words", type=int, default=4)
     ap.add_argument("--max-word-len", type=int, default=7)
+    ap.add_argument("--vision-first", type=int, default=0,
+                    help="images trained on the dense reading head alone (vision + projector) before the LM loss joins")
     ap.add_argument("--oracle", action="store_true", help="LM only: image tokens carry their characters exactly")
     ap.add_argument("--baseline", action="store_true", help="train the CNN+CTC baseline instead of kvl-nano")
     ap.add_argument("--seed", type=int, default=0)
@@ -344,7 +352,10 @@ def main(argv=None) -> dict:
     model.train()
     ip = ImageProcessor(in_token_limit=4096)
     head = (DenseHead(cfg.text.hidden_size) if args.dense_mode == "head" else "lm") if args.dense else None
-    groups = param_groups_for(model, lr=args.lr, weight_decay=0.0, adamw_only=args.opt == "adamw")
+    groups = []
+    for part, lr in ((model.vision_tower, args.lr_vision or args.lr), (model.multi_modal_projector, args.lr_vision or args.lr),
+                     (model.language_model, args.lr)):
+        groups += param_groups_for(part, lr=lr, weight_decay=0.0, adamw_only=args.opt == "adamw")
     if isinstance(head, torch.nn.Module):
         groups += param_groups_for(head, lr=args.lr, weight_decay=0.0, adamw_only=True)
     for g in groups:
@@ -396,7 +407,8 @@ def main(argv=None) -> dict:
                                       dense=head is not None or args.oracle)
         if args.oracle:
             px["oracle"] = px.pop("dense")
-        loss, _ = loss_and_acc(model, ids, labels, px, head, args.dense)
+        loss, _ = loss_and_acc(model, ids, labels, px, head, args.dense,
+                               dense_only=seen < args.vision_first and isinstance(head, torch.nn.Module))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -422,15 +434,18 @@ def plot(png: str, files: list[str]) -> None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for f in files:
-        run = json.loads(Path(f).read_text())
+    for i, f in enumerate(files):
+        color = f"C{i % 10}"  # one colour per run in both panels
+        text = Path(f).read_text()
+        # a finished run's JSON, or the log of a run (one JSON point per line) stopped early
+        pts = json.loads(text)["curve"] if f.endswith(".json") else [
+            json.loads(ln) for ln in text.splitlines() if ln.startswith("{")]
         label = Path(f).stem
-        pts = run["curve"]
         if any("heldout_loss" in p for p in pts):
-            a.plot([p["images"] for p in pts], [p["heldout_loss"] for p in pts], marker=".", label=label)
+            a.plot([p["images"] for p in pts], [p["heldout_loss"] for p in pts], marker=".", label=label, color=color)
         cer = [p for p in pts if "heldout_cer" in p]
         if cer:
-            b.plot([p["images"] for p in cer], [p["heldout_cer"] for p in cer], marker="o", label=label)
+            b.plot([p["images"] for p in cer], [p["heldout_cer"] for p in cer], marker="o", label=label, color=color)
     a.set_title("held-out loss per target byte (kvl-nano runs)"), a.set_xlabel("images seen"), a.grid(alpha=.3)
     b.set_title("held-out CER % (unseen fonts and strings)"), b.set_xlabel("images seen"), b.grid(alpha=.3)
     b.set_ylim(0, 110)
