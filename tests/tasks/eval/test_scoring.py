@@ -301,8 +301,9 @@ def test_osworld_g_boxes_polygons_refusal():
 
 @pytest.mark.parametrize("text,want", [
     ("The best answer is B.", "B"),
-    ("Answer: (C) the red car", "C"),
+    ("Answer: (C) the red car", "A"),  # "Answer:" is no prefix of this list: the A of "Answer" comes first
     ("D", "D"),
+    ("E", "E"),  # the reference looks for A-E whatever the number of options
     ("the man walks into the store and buys some bread and milk today", ""),  # > 10 words, no letter
     ("A man walks into a store and buys some bread and milk today", "A"),  # the reference's quirk: an article
     ("", ""),
@@ -317,6 +318,11 @@ def test_video_letter_extraction(text, want):
     ("I think the answer is D.", "D"),
     ("Option B: the dog", "B"),
     ("nothing here", ""),
+    ("i choose: a dog, not the cat", ""),  # lower-case letters are no option
+    ("A. maybe, but (B)", "A"),  # a standalone letter at the start outranks "(B)"
+    ("It is A. maybe, but (B)", "B"),  # otherwise "(B)" outranks "A."
+    ("Because of B and C", "C"),  # rank 9: a standalone letter at the end
+    ("ABC", "C"),  # no shape matches: the last bare letter
 ])
 def test_priority_mcq_extractor(text, want):
     assert extract_mcq_answer(text) == want
