@@ -428,26 +428,37 @@ def check_mmmu() -> Report:
 
 # ---- MathVista ------------------------------------------------------------------------------------------------
 
+def _mv(qtype: str, atype: str, answer: str, choices=None, precision=None) -> dict:
+    return {"question_type": qtype, "answer_type": atype, "choices": choices, "answer": answer, "precision": precision}
+
+
 MATHVISTA_PROBLEMS = [
-    {"question_type": "multi_choice", "answer_type": "text", "choices": ["3", "4", "5", "6"], "answer": "5",
-     "precision": None},
-    {"question_type": "multi_choice", "answer_type": "text", "choices": ["red", "blue", "green"], "answer": "blue",
-     "precision": None},
-    {"question_type": "free_form", "answer_type": "integer", "choices": None, "answer": "12", "precision": None},
-    {"question_type": "free_form", "answer_type": "float", "choices": None, "answer": "1.5", "precision": 1},
-    {"question_type": "free_form", "answer_type": "float", "choices": None, "answer": "0.33", "precision": 2},
-    {"question_type": "free_form", "answer_type": "text", "choices": None, "answer": "Yes", "precision": None},
+    *(_mv("multi_choice", "text", a, ["3", "4", "5", "6"]) for a in ("3", "6")),
+    *(_mv("multi_choice", "text", a, ["red", "blue", "green"]) for a in ("red", "green")),
+    *(_mv("multi_choice", "text", a, ["2 cm", "4 cm", "8 cm", "16 cm"]) for a in ("2 cm", "16 cm")),
+    *(_mv("multi_choice", "text", a, ["(A) yes", "(B) no"]) for a in ("(A) yes",)),
+    *(_mv("free_form", "integer", a) for a in ("12", "0", "-3", "100", "2024")),
+    *(_mv("free_form", "float", a, precision=1) for a in ("1.5", "2.0", "0.3", "-7.5")),
+    *(_mv("free_form", "float", a, precision=2) for a in ("0.33", "3.14", "10.05")),
+    _mv("free_form", "float", "0.125", precision=3),
+    *(_mv("free_form", "text", a) for a in ("Yes", "No")),
+    _mv("free_form", "list", "[1, 2, 3]"),
 ]
 
 
 def mathvista_predictions(p: dict) -> list[str]:
     a = p["answer"]
-    out = [a, f" {a} ", f'The answer is "{a}".', f"{a}.", f"\\boxed{{{a}}}", f"Answer: {a}", f"{THINK[0]}x{THINK[1]}{a}"]
+    out = [a, f" {a} ", f'The answer is "{a}".', f"{a}.", f"\\boxed{{{a}}}", f"Answer: {a}", f"{THINK[0]}x{THINK[1]}{a}",
+           f"{THINK[0]}never closed {a}", a.lower(), a.upper(), ""]
     if p["choices"]:
         i = p["choices"].index(a)
-        out += [chr(65 + i), f"({chr(65 + i)})", p["choices"][(i + 1) % len(p["choices"])], f"The answer is {chr(65 + i)}."]
+        other = p["choices"][(i + 1) % len(p["choices"])]
+        out += [chr(65 + i), f"({chr(65 + i)})", other, f'The answer is "{other}".', f"The answer is {chr(65 + i)}.",
+                chr(97 + i)]
     if p["answer_type"] in ("integer", "float"):
-        out += [str(float(a)), str(int(float(a)) + 1), f"{a}0", "-" + a, f"The result is {a} units."]
+        x = float(a)
+        out += [str(x), str(int(x) + 1), f"{a}0", f"-{a}", f"The result is {a} units.", f"{x + 0.04:.2f}",
+                f"{x - 0.004:.3f}", f"{x:.0f}", f"{x:e}", f"{a} ", f"1,{a}", f'The answer is "{x}".']
     return out
 
 
