@@ -172,13 +172,16 @@ def unclosed(pred: str) -> str | None:
 
 # ---- olmOCR-bench -----------------------------------------------------------------------------------------
 
-def _pages(tests: list[dict]) -> dict[tuple[str, int], dict[str, str]]:
-    """Model-free page transcriptions: pymupdf4llm's Markdown (when installed) and kvl's text layer."""
+def _pages(tests: list[dict], markdown: bool = True) -> dict[tuple[str, int], dict[str, str]]:
+    """Model-free page transcriptions: pymupdf4llm's Markdown (when installed and asked for; its layout model
+    takes about a second a page) and kvl's text layer."""
     from kvl_tasks.documents import Source, open_document
 
     try:
         import pymupdf4llm
     except ImportError:
+        pymupdf4llm = None
+    if not markdown:
         pymupdf4llm = None
     out: dict[tuple[str, int], dict[str, str]] = {}
     for t in tests:
@@ -234,10 +237,7 @@ def check_olmocr(math: bool = True, with_pymupdf4llm: bool = True) -> Report:
     rep = Report("olmocr-bench", "olmocr.bench.tests (olmocr 0.4.27)")
     tests = [json.loads(line) for f in sorted(OLMOCR_DATA.glob("*.jsonl"))
              for line in f.read_text().splitlines() if line.strip()]
-    pages = _pages(tests)
-    if not with_pymupdf4llm:
-        for p in pages.values():
-            p.pop("pymupdf4llm", None)
+    pages = _pages(tests, with_pymupdf4llm)
     rng = random.Random(0)
     variants = {k: _variants(v, rng) for k, v in pages.items()}
     if not math:

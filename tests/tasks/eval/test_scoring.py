@@ -56,6 +56,10 @@ def test_ocrbench_case_insensitive_substring():
     assert not ocrbench_hit("", ["CENTRE"], hme=False)
 
 
+def test_ocrbench_folds_fullwidth_ascii():
+    assert ocrbench_hit("ＣＥＮＴＲＥ\u3000ＳＴ", ["centre st"], hme=False)
+
+
 def test_ocrbench_hme_keeps_case_and_drops_spaces():
     answers = ["y _ { 2 } = - 1\n", "y_2 = - 1\n"]
     assert ocrbench_hit("y_{2}=-1", answers, hme=True)
@@ -135,6 +139,20 @@ def test_mcq_letter_reads_boxed_and_thinking():
     assert mcq_letter("◁think▷A is it", OPTS) is None  # truncated thinking: no answer
 
 
+@pytest.mark.parametrize("answer,ai2d,mmstar", [
+    ("B", 1.0, 1.0), ("(B)", 1.0, 1.0), ("**B**", 1.0, 1.0), ("B. dog", 1.0, 1.0),
+    ("The answer is B.", 0.0, 1.0),  # AI2D's lmms-eval rule: a leading "X." or the bare letter only
+    ("b", 1.0, 0.0),  # its exact_match ignores case; the shared extractor does not
+    ("A. cat, no: B", 0.0, 0.0),
+])
+def test_mcq_lmms_eval_extractors(answer, ai2d, mmstar):
+    from kvl_tasks.eval.benchmarks.mcq import AI2D
+
+    s = Sample("1", {}, {"options": OPTS, "answer": "B"}, {})
+    assert AI2D(extractor="lmms-eval").score(answer, s)["score"] == ai2d
+    assert MMStar(extractor="lmms-eval").score(answer, s)["score"] == mmstar
+
+
 def test_mcq_prompt_is_vlmevalkit_build_prompt():
     p = build_prompt("What is it?", {"A": "cat", "B": "dog"}, hint="Look closely")
     assert p == ("Hint: Look closely\nQuestion: What is it?\nOptions:\nA. cat\nB. dog\n"
@@ -204,7 +222,10 @@ def test_mmmu_unparsable_answer_uses_a_seeded_choice_or_zero():
     assert first["extracted"] in MU_OPTS
     zero = MU.MMMU(fallback="zero").score("no clue", s)
     assert zero["score"] == 0.0 and zero["extracted"] is None
-    assert b.score(r"◁think▷...◁/think▷Answer: $\boxed{B}$", s)["score"] == 1.0
+    # the box is read only under the Kimi thinking prompt (the official parsers read the whole answer)
+    assert MU.MMMU(prompt="boxed").score(r"◁think▷...◁/think▷Answer: $\boxed{B}$", s)["score"] == 1.0
+    assert MU.MMMU(fallback="zero").score(r"Answer: $\boxed{B}$", s)["parsed"] is False
+    assert MU.parse_multi_choice("答案是D", MU_OPTS)[0] == "D"  # lmms-eval looks for "X " without a space before
 
 
 def test_mmmu_aggregate_counts_guesses():
@@ -233,6 +254,11 @@ def test_mathvista_rule_extraction():
     assert b.score('The answer is "1.4".', _mv("1.45", atype="float", precision=2))["score"] == 0.0
     empty = b.score("◁think▷never closed", _mv("5", atype="integer"))
     assert empty["score"] == 0.0 and empty["parsed"] is False
+    # the official normalisation makes even an empty answer the most similar (first shortest) option
+    assert b.score("", _mv("3", ["3", "4", "5"], "multi_choice"))["score"] == 1.0
+    assert b.score("1.500000e+00", _mv("1.5", atype="float", precision=1))["score"] == 1.0  # float() as it stands
+    assert MV.normalize("1,000", None, "free_form", "integer", None) is None  # int(float("1,000")) fails there too
+    assert b.score("It is 1,000.", _mv("1000", atype="integer"))["score"] == 1.0  # kvl's stand-in for GPT: last number
     assert "rule-extracted" in b.aggregate([{"score": 1.0}]).notes[0]
 
 
