@@ -632,6 +632,33 @@ CHECKS = {
 }
 
 
+def markdown_report(reports: list[dict]) -> str:
+    """The table of docs/eval.md, then every disagreement and each deliberate difference (by reason, with
+    examples; the JSON has every case)."""
+    lines = ["| benchmark | official code | cases | agree | deliberate | disagree | undecidable offline |",
+             "|---|---|---|---|---|---|---|"]
+    for r in reports:
+        if "skipped" in r:
+            lines.append(f"| {r['benchmark']} | skipped: {r['skipped']} | | | | | |")
+            continue
+        lines.append(f"| {r['benchmark']} | {r['official']} | {r['cases']} | {r['agree']} | {len(r['deliberate'])} | "
+                     f"{len(r['disagree'])} | {r['undecidable']} |")
+    for r in reports:
+        if "skipped" in r or not (r["disagree"] or r["deliberate"] or r["notes"]):
+            continue
+        lines += ["", f"## {r['benchmark']}", *(f"- note: {n}" for n in r["notes"])]
+        for d in r["disagree"]:
+            lines.append(f"- DISAGREE `{d['case']}`: official {d['official']!r}, kvl {d['kvl']!r}; "
+                         f"prediction {d['prediction'][:120]!r}")
+        by_reason: dict[str, list[dict]] = {}
+        for d in r["deliberate"]:
+            by_reason.setdefault(d["reason"], []).append(d)
+        for reason, ds in by_reason.items():
+            ex = "; ".join(f"`{d['case']}` official {d['official']!r} kvl {d['kvl']!r}" for d in ds[:3])
+            lines.append(f"- deliberate ({len(ds)}): {reason}. E.g. {ex}")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="", help="comma-separated benchmarks (default: all)")
@@ -653,9 +680,11 @@ def main(argv=None) -> int:
               f"disagree {len(r['disagree']):3d}  undecidable {r['undecidable']:3d}")
         for d in r["disagree"][:20]:
             print(f"    DISAGREE {d['case']}: official={d['official']!r} kvl={d['kvl']!r}  {d['prediction'][:80]!r}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(reports, indent=1, ensure_ascii=False))
-    print(f"wrote {args.out}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(reports, indent=1, ensure_ascii=False))
+    out.with_suffix(".md").write_text(markdown_report(reports))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
     return 1 if any(r.get("disagree") for r in reports) else 0
 
 

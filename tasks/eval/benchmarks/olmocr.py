@@ -5,19 +5,22 @@ One sample is one PDF page (rendered so that its longest side is `--set longest_
 runners use, with only pixels given to the model), prompted with kvl's OCR prompt; its score is the share of
 that page's tests passed. Overall = tests passed / tests run, with per-type and per-file breakdowns.
 
-The tests follow the benchmark's rules (`olmocr/bench/tests.py`), reimplemented:
-- text is normalised as the benchmark does (no bold/italic markers, `<br>` as space, collapsed whitespace, NFC,
-  typographic quotes and dashes to ASCII);
-- present/absent: fuzzy containment allowing `max_diffs` edits (the reference thresholds rapidfuzz's
-  `partial_ratio`; with max_diffs = 0, 94 of the 99 sample tests, both are exact containment; otherwise kvl
-  uses the edit distance of the best-matching substring), with `first_n`/`last_n` and the length guard;
-- order: `before` found (within max_diffs) starting before some match of `after`;
-- table: a cell of a Markdown or HTML table matching `cell` (similarity ≥ max(0.5, 1 - max_diffs/len)) whose
-  up/down/left/right neighbours and top/left headings match;
-- math: a `$…$`, `$$…$$`, `\\(…\\)` or `\\[…\\]` span equal to the expected LaTeX, ignoring whitespace. The
-  reference compares KaTeX renderings, which kvl does not have: this is stricter (labelled in the results);
-- baseline: non-blank (or at most `max_length` characters for blank pages), no long trailing repetition, no
-  CJK/emoji.
+The tests follow the benchmark's rules (`olmocr/bench/tests.py`), reimplemented and cross-checked against that
+code on the real sample tests (bench/eval_fidelity.py: every non-math verdict agrees):
+- text is normalised as the benchmark does, in its order (`<br>` as space, collapsed whitespace, then no
+  bold/italic markers, NFC, typographic quotes and dashes to ASCII);
+- present/absent: rapidfuzz's `partial_ratio` >= 1 - max_diffs/len, with `first_n`/`last_n` (as there, a page
+  shorter than the expected text that is a piece of it "contains" it);
+- order: fuzzysearch near matches (Levenshtein <= max_diffs); some `before` match starts before some `after`;
+- table: Markdown tables (runs of lines holding `|`; first row and column are headings) and HTML tables (parsed
+  with BeautifulSoup: `<th>`/`<thead>` headings, rowspans repeated below, colspans inherited as headings); a cell
+  with `fuzz.ratio` >= max(0.5, 1 - max_diffs/len) whose existing up/down/left/right neighbours and headings
+  match (a neighbour outside the table is not checked, as there);
+- math: a `$…$`, `$$…$$`, `\\(…\\)` or `\\[…\\]` span equal to the expected LaTeX, ignoring whitespace that cannot
+  change the rendering. The reference also accepts any equation whose KaTeX rendering matches, which kvl cannot
+  do without a browser: an equivalent but differently written equation (`\\dfrac` for `\\frac`) fails here;
+- baseline: non-blank (or at most `max_length` alphanumerics for blank pages), no 1-5 character unit repeated
+  more than `max_repeats` times at the end, no CJK/emoji.
 
 Data: a folder holding `*.jsonl` test files and `pdfs/`, or one JSONL file (PDFs in --images or `pdfs/`).
 """
