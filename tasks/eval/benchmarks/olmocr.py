@@ -36,7 +36,7 @@ from kvl_core.errors import KvlError
 from kvl_core.prompts import ocr_prompt
 from kvl_tasks.eval.base import Aggregate, Benchmark, Loaded, Sample, Skipped, image_part, text_message, text_part
 from kvl_tasks.eval.readers import read_rows
-from kvl_tasks.eval.scoring import strip_thinking
+from kvl_tasks.eval.scoring import indel_ratio, strip_thinking
 
 TYPES = ("present", "absent", "order", "table", "math", "baseline")
 _REPLACE = {"‘": "'", "’": "'", "‚": "'", "“": '"', "”": '"', "„": '"', "＿": "_", "–": "-", "—": "-", "‑": "-",
@@ -62,12 +62,6 @@ def normalize_text(s: str) -> str:
 
 def _threshold(expected: str, max_diffs: int, floor: float = 0.0) -> float:
     return max(floor, 1.0 - max_diffs / (len(expected) or 1))
-
-
-def _ratio(a: str, b: str) -> float:
-    from rapidfuzz import fuzz
-
-    return fuzz.ratio(a, b) / 100.0
 
 
 # ---- tables ------------------------------------------------------------------------------------------
@@ -215,9 +209,9 @@ def _span(v) -> int:
 def _heading_ok(want: str, thr: float, inherited: list[str], from_headers: list[str], any_before: list[str]) -> bool:
     """The benchmark's heading search: the inherited headings and the heading rows/columns before the cell; only
     when none of those is similar at all, any non-empty cell before it."""
-    best = max((_ratio(want, normalize_text(h)) for h in inherited + from_headers), default=0.0)
+    best = max((indel_ratio(want, normalize_text(h)) for h in inherited + from_headers), default=0.0)
     if best == 0.0:
-        best = max((_ratio(want, normalize_text(h)) for h in any_before), default=0.0)
+        best = max((indel_ratio(want, normalize_text(h)) for h in any_before), default=0.0)
     return best >= thr
 
 
@@ -234,12 +228,12 @@ def table_test(content: str, t: dict) -> tuple[bool, str]:
         nr, nc = len(g), len(g[0]) if g else 0
         for r in range(nr):
             for c in range(nc):
-                if _ratio(want["cell"], normalize_text(g[r][c])) < thr["cell"]:
+                if indel_ratio(want["cell"], normalize_text(g[r][c])) < thr["cell"]:
                     continue
                 # A neighbour the grid does not have is not checked (the benchmark's rule).
                 near = {"up": (r - 1, c), "down": (r + 1, c), "left": (r, c - 1), "right": (r, c + 1)}
                 ok = all(not want[k] or not (0 <= i < nr and 0 <= j < nc)
-                         or _ratio(want[k], normalize_text(g[i][j])) >= thr[k] for k, (i, j) in near.items())
+                         or indel_ratio(want[k], normalize_text(g[i][j])) >= thr[k] for k, (i, j) in near.items())
                 if ok and want["top_heading"]:
                     ok = _heading_ok(want["top_heading"], thr["top_heading"], tb.col_headers.get(c, []),
                                      [g[i][c] for i in sorted(tb.header_rows) if i < r and g[i][c].strip()],
@@ -271,7 +265,7 @@ def presence_test(content: str, t: dict) -> tuple[bool, str]:
         text = text[:first]
     elif last:
         text = text[-last:]
-    found = fuzz.partial_ratio(query, text) / 100.0 >= _threshold(query, md)
+    found = fuzz.partialindel_ratio(query, text) / 100.0 >= _threshold(query, md)
     if t["type"] == "present":
         return found, "" if found else f"{query[:40]!r} not found"
     return not found, "" if not found else f"{query[:40]!r} should be absent"

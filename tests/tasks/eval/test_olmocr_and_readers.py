@@ -70,6 +70,15 @@ def test_tables_markdown_and_html():
     assert not O.run_test("no table at all", t(type="table", cell="3.32T"))[0]
 
 
+def test_table_heading_below_an_empty_heading_row():
+    # pymupdf4llm's Markdown of olmOCR-bench's discoverworld_crazy_table4 (test t06): the first row is a group
+    # heading with an empty cell above "Unit Test Topic"; the official test falls back to any cell above
+    page = ("|||**ReA**|**CT**|\n|---|---|---|---|\n|**#**|**Unit Test Topic**|Proced|ure<br>Completion|\n"
+            "|33|Search an environment for an object|0.80|0.80|\n|34|Interact with a moving agent|0.60|0.20|\n")
+    assert O.run_test(page, t(type="table", cell="Interact with a moving agent", top_heading="Unit Test Topic"))[0]
+    assert not O.run_test(page, t(type="table", cell="Interact with a moving agent", top_heading="Completion"))[0]
+
+
 def test_math_and_baseline():
     m = t(type="math", math="e^{i \\pi}+1=0")
     assert O.run_test("Euler: $e^{i \\pi}+1=0$.", m)[0]
