@@ -265,7 +265,7 @@ def presence_test(content: str, t: dict) -> tuple[bool, str]:
         text = text[:first]
     elif last:
         text = text[-last:]
-    found = fuzz.partialindel_ratio(query, text) / 100.0 >= _threshold(query, md)
+    found = fuzz.partial_ratio(query, text) / 100.0 >= _threshold(query, md)
     if t["type"] == "present":
         return found, "" if found else f"{query[:40]!r} not found"
     return not found, "" if not found else f"{query[:40]!r} should be absent"
