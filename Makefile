@@ -36,6 +36,19 @@ nano:
 	cp $(NANO_RUN)/recipe.png docs/nano/recipe.png
 	for s in $$(ls $(NANO_RUN)/*/loss.png | xargs -n1 dirname | xargs -n1 basename); do cp $(NANO_RUN)/$$s/loss.png docs/nano/$$s-loss.png; done
 
+# The official scorers for the cross-check (bench/eval_fidelity.py, tests/tasks/eval/test_fidelity.py): olmocr
+# and lmms-eval without their own dependencies (GPU/cloud stacks their scoring code never calls), the few modules
+# that code imports, and playwright for olmOCR's KaTeX math tests (these also need `apt-get install chromium`).
+.PHONY: eval-check-deps eval-fidelity
+EVAL_CHECK ?= olmocr==0.4.27 lmms-eval==0.7.3
+eval-check-deps:
+	$(BIN)/pip install --no-deps $(EVAL_CHECK)
+	$(BIN)/pip install -e ".[eval-check]" playwright
+
+# Every kvl eval scorer against the official one on the same predictions: bench/results/eval_fidelity.json.
+eval-fidelity:
+	$(BIN)/python bench/eval_fidelity.py
+
 # Optional: uses ruff if it is installed (venv or PATH); kvl does not depend on a linter.
 lint:
 	@if [ -x $(BIN)/ruff ]; then $(BIN)/ruff check .; \

@@ -25,105 +25,22 @@ def strip_thinking(text: str | None) -> str:
 
 
 # ---- edit distances ------------------------------------------------------------------------------------
+# rapidfuzz is what the official scorers call (olmOCR-bench, lmms-eval's ANLS through `Levenshtein`-compatible
+# distances): using it is the exact rule, and its C++ kernels score whole pages in microseconds.
 
 def levenshtein(a: Sequence, b: Sequence) -> int:
-    """Unit-cost insert/delete/substitute distance. Strings use Myers' bit-parallel algorithm (one big-int
-    pass per character: whole pages of OCR in milliseconds); other sequences the O(n·m) table."""
-    if isinstance(a, str) and isinstance(b, str):
-        return _myers(a, b) if len(a) <= len(b) else _myers(b, a)
-    if len(a) < len(b):
-        a, b = b, a
-    if not b:
-        return len(a)
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+    """Unit-cost insert/delete/substitute distance of two strings or two sequences of hashable items."""
+    from rapidfuzz.distance import Levenshtein
 
-
-def _myers(a: str, b: str) -> int:
-    """Levenshtein distance by Myers/Hyyrö bit vectors, the pattern `a` held in one Python int."""
-    if not a:
-        return len(b)
-    m = len(a)
-    full, last = (1 << m) - 1, 1 << (m - 1)
-    peq: dict[str, int] = {}
-    for i, c in enumerate(a):
-        peq[c] = peq.get(c, 0) | (1 << i)
-    pv, mv, score = full, 0, m
-    for c in b:
-        eq = peq.get(c, 0)
-        xv = eq | mv
-        xh = (((eq & pv) + pv) ^ pv) | eq
-        ph = (mv | ~(xh | pv)) & full
-        mh = pv & xh
-        if ph & last:
-            score += 1
-        elif mh & last:
-            score -= 1
-        ph = ((ph << 1) | 1) & full
-        mh = (mh << 1) & full
-        pv = (mh | ~(xv | ph)) & full
-        mv = ph & xv
-    return score
+    return Levenshtein.distance(a, b)
 
 
 def indel_ratio(a: str, b: str) -> float:
-    """rapidfuzz's `fuzz.ratio` / 100: 1 - indel distance / (len a + len b), where indel = a + b - 2·LCS."""
-    if not a and not b:
-        return 1.0
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for ca in a:
-        cur = [0]
-        for j, cb in enumerate(b, 1):
-            cur.append(prev[j - 1] + 1 if ca == cb else max(prev[j], cur[j - 1]))
-        prev = cur
-    return 2 * prev[-1] / (len(a) + len(b))
+    """rapidfuzz's `fuzz.ratio` / 100: 1 - indel distance / (len a + len b); two empty strings are 1.0 here
+    (rapidfuzz says 100 too)."""
+    from rapidfuzz import fuzz
 
-
-def best_substring_distance(query: str, text: str) -> int:
-    """The fewest edits turning `query` into some substring of `text` (Sellers' semi-global alignment): the
-    question fuzzysearch's `find_near_matches(max_l_dist=d)` answers."""
-    if not query:
-        return 0
-    prev = list(range(len(query) + 1))  # column for the empty text prefix
-    best = prev[-1]
-    for ch in text:
-        cur = [0]  # a match may start anywhere in the text: free leading gap
-        for i, cq in enumerate(query, 1):
-            cur.append(min(prev[i] + 1, cur[i - 1] + 1, prev[i - 1] + (cq != ch)))
-        prev = cur
-        best = min(best, cur[-1])
-        if best == 0:
-            break
-    return best
-
-
-def near_match_starts(query: str, text: str, max_dist: int) -> list[int]:
-    """Start offsets of the substrings of `text` within `max_dist` edits of `query` (exact: every occurrence)."""
-    if max_dist == 0:
-        return [m.start() for m in re.finditer(re.escape(query), text)] if query else [0]
-    starts = []
-    # End positions with a good alignment, then the start of that alignment (track it through the DP).
-    prev = list(range(len(query) + 1))
-    prev_start = [0] * (len(query) + 1)
-    for j, ch in enumerate(text, 1):
-        cur, cur_start = [0], [j]
-        for i, cq in enumerate(query, 1):
-            opts = ((prev[i - 1] + (cq != ch), prev_start[i - 1]), (prev[i] + 1, prev_start[i]),
-                    (cur[i - 1] + 1, cur_start[i - 1]))
-            d, s = min(opts)
-            cur.append(d)
-            cur_start.append(s)
-        if cur[-1] <= max_dist:
-            starts.append(cur_start[-1])
-        prev, prev_start = cur, cur_start
-    return sorted(set(starts))
+    return fuzz.ratio(a, b) / 100.0
 
 
 # ---- ANLS -------------------------------------------------------------------------------------------
@@ -187,54 +104,73 @@ def can_infer(answer: str, choices: Mapping[str, str]) -> str | None:
     return can_infer_option(answer, choices) or can_infer_text(answer, choices)
 
 
-_FORMATS = (  # (rank, pattern): lmms-eval's priority extractor as tasks.md §3.2 describes it
-    (7, r"answer\s*(?:is|:)\s*:?\s*\(?\**([{L}])\b"),
-    (6, r"\(([{L}])\)"),
-    (5, r"(?<![A-Za-z])([{L}])\."),
-    (4, r"(?<![A-Za-z])([{L}]):"),
-    (3, r"(?<![A-Za-z(])([{L}])\)"),
-    (2, r"(?<![A-Za-z])([{L}])(?= )"),
-)
+# lmms-eval's shared multiple-choice extractor (`_task_utils/mcq_extract`, used by its MMStar, Video-MME and MLVU
+# tasks): every way a letter can appear is a candidate with a rank; the best rank wins, then the later position.
+_RANKS = {"start": 10, "end": 9, "phrase": 7, "parentheses": 6, "period": 5, "colon": 4, "right_paren": 3,
+          "space": 2, "fallback": 0}
+_SHAPES = (("parentheses", "({})"), ("period", "{}."), ("colon", "{}:"), ("right_paren", "{})"), ("space", "{} "))
+_PHRASES = ("the answer is", "answer is", "the correct answer is", "correct answer is", "the best answer is",
+            "best answer is", "the correct option is", "correct option is", "the best option is", "best option is",
+            "the choice is", "choice is", "the correct choice is", "correct choice is", "i choose", "i select",
+            "i pick", "my answer is", "my choice is", "옵션", "정답은", "답은", "답:", "答案是", "答案为", "选", "答えは")
 
 
-def extract_mcq_answer(text: str, letters: Sequence[str] = "ABCD") -> str:
-    """The letter a free-form answer picks: a bare letter at the start (rank 10) beats one at the end (9), then
-    "answer is X" (7), "(X)" (6), "X." (5), "X:" (4), "X)" (3), "X " (2); within the best rank the last
-    occurrence wins. "" when no letter is found."""
-    text = (text or "").strip()
-    if not text:
+def extract_mcq_answer(text: str | None, letters: Sequence[str] = "ABCDEFGH") -> str:
+    """The letter a free-form answer picks (lmms-eval `extract_mcq_answer`), "" when none.
+
+    Candidates: `(X)`, `X.`, `X:`, `X)`, `X ` at their last occurrence; after the first occurrence of each answer
+    phrase ("the answer is", "i choose", ...), the next X anywhere; a standalone X at the start (rank 10) or the
+    end (9). Only when nothing matched: the last bare X. Outer `,.!?;:'"` are stripped first, and the text is
+    padded with one space each side."""
+    if not text or not text.strip():
         return ""
-    L = "".join(letters)
-    best: tuple[int, int, str] | None = None
-
-    def offer(rank: int, pos: int, letter: str) -> None:
-        nonlocal best
-        if best is None or (rank, pos) > (best[0], best[1]):
-            best = (rank, pos, letter)
-
-    m = re.match(rf"[\s*(\[]*([{L}])(?![A-Za-z0-9])", text)
-    if m:
-        offer(10, m.start(1), m.group(1))
-    m = re.search(rf"(?<![A-Za-z0-9])([{L}])[\s*).\]]*$", text)
-    if m:
-        offer(9, m.start(1), m.group(1))
-    for rank, pat in _FORMATS:
-        for m in re.finditer(pat.replace("{L}", L), text, re.IGNORECASE if rank == 7 else 0):
-            if m.group(1).upper() in L:
-                offer(rank, m.start(1), m.group(1).upper())
-    return best[2] if best else ""
-
-
-VIDEO_PREFIXES = ("The best answer is", "The correct answer is", "The answer is", "The answer",
-                  "The best option isThe correct option is", "Best answer:Best option:", "Answer:", "Option:")
-
-
-def first_letter_after_prefixes(text: str, letters: str = "ABCD") -> str:
-    """Video-MME/LongVideoBench `extract_characters_regex`: strip the answer prefixes (including the two
-    accidentally concatenated ones of the reference), then: more than 10 words and no option letter -> "";
-    otherwise the first option letter in the text."""
     s = text.strip()
-    for p in VIDEO_PREFIXES:
+    for ch in ",.!?;:'\"":
+        s = s.strip(ch)
+    s = f" {s} "
+    found: list[tuple[str, int, str]] = []
+    for shape, pattern in _SHAPES:
+        for ch in letters:
+            pos = s.rfind(pattern.format(ch))
+            if pos != -1:
+                found.append((ch, pos, shape))
+    low = s.lower()
+    for phrase in _PHRASES:
+        at = low.find(phrase)
+        if at != -1:
+            for ch in letters:
+                pos = s.find(ch, at + len(phrase))
+                if pos != -1:
+                    found.append((ch, pos, "phrase"))
+    core = s.strip()
+    for ch in letters:
+        if core.startswith(ch) and (len(core) == 1 or not core[1].isalpha()):
+            found.append((ch, 0, "start"))
+    for ch in letters:
+        if core.endswith(ch) and (len(core) == 1 or not core[-2].isalpha()):
+            found.append((ch, len(s) - 1, "end"))
+    if not found:
+        found = [(ch, s.rfind(ch), "fallback") for ch in letters if ch in s]
+    if not found:
+        return ""
+    best = found[0]
+    for cand in found[1:]:  # ties keep the earlier candidate
+        if (_RANKS[cand[2]], cand[1]) > (_RANKS[best[2]], best[1]):
+            best = cand
+    return best[0]
+
+
+# The answer prefixes lmms-eval's LongVideoBench task strips before taking the first option letter.
+LVB_PREFIXES = ("The best answer is", "The correct answer is", "The answer is", "The answer", "The best option is",
+                "The correct option is", "Best answer:", "Best option:")
+
+
+def first_letter_after_prefixes(text: str, letters: str = "ABCDE", prefixes: Sequence[str] = LVB_PREFIXES) -> str:
+    """LongVideoBench's `parse_multi_choice_response` (and the original Video-MME `extract_characters_regex`):
+    strip the answer prefixes, then: more than 10 words and no option letter -> ""; otherwise the first option
+    letter anywhere in the text."""
+    s = text.strip()
+    for p in prefixes:
         s = s.replace(p, "")
     if len(s.split()) > 10 and not re.search(f"[{letters}]", s):
         return ""

@@ -26,19 +26,31 @@ from kvl_tasks.eval.scoring import can_infer, last_boxed, levenshtein, strip_thi
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?|-?\.\d+")
 
 
-def extract_answer(response: str, choices: list[str] | None, answer_type: str) -> str:
+def extract_answer(response: str, choices: list[str] | None, answer_type: str,
+                   question_type: str = "multi_choice") -> str:
+    """MathVista's `extract_answer` up to its GPT call (an answer that is an option, an int or a float as it
+    stands, or `The answer is "..."`), then kvl's rules where the official code would ask GPT-4: the last
+    `\\boxed{}`, an `Answer:` line, `can_infer`'s letter, the last number."""
     text = strip_thinking(response)
     if not text:
         return ""
+    if question_type == "multi_choice" and choices and text in choices:
+        return text
+    for kind, cast in (("integer", int), ("float", float)):
+        if answer_type == kind:
+            try:
+                return str(cast(text))
+            except ValueError:
+                pass
+    m = re.search(r'The answer is "(.*)"\.', text)
+    if m:
+        return m.group(1)
     boxed = last_boxed(text)
     if boxed:
         return boxed.strip()
     m = list(re.finditer(r"(?im)^\s*\**(?:final )?answer\**\s*[:：]\s*(.+)$", text))
     if m:
         return m[-1].group(1).strip().strip("*").strip()
-    m = re.search(r'The answer is "(.*)"\.', text)
-    if m:
-        return m.group(1).strip()
     if choices:
         letter = can_infer(text, {chr(65 + i): c for i, c in enumerate(choices)})
         if letter and letter != "Z":
@@ -53,32 +65,26 @@ def extract_answer(response: str, choices: list[str] | None, answer_type: str) -
 
 def normalize(extraction: str, choices: list[str] | None, question_type: str, answer_type: str,
               precision: int | None) -> str | None:
-    """MathVista's `normalize_extracted_answer` (no LLM)."""
+    """MathVista's `normalize_extracted_answer`: a letter (the first `(x)` if any) names its option, anything
+    else becomes the most similar option (Levenshtein, first of the closest; an empty answer too); numbers are
+    cast and rounded to the precision; other answers stay as they are."""
     if question_type == "multi_choice" and choices:
         e = extraction.strip()
+        inner = re.findall(r"\(([a-zA-Z])\)", e)
+        if inner:
+            e = inner[0].upper()
         letters = [chr(65 + i) for i in range(len(choices))]
-        m = re.fullmatch(r"\(?([A-Za-z])\)?\.?", e)
-        if m and m.group(1).upper() in letters:
-            return choices[letters.index(m.group(1).upper())]
-        if e in choices:
-            return e
-        dist = [levenshtein(e, c) for c in choices]  # the most similar option
+        if e in letters:
+            return choices[letters.index(e)]
+        dist = [levenshtein(e, c) for c in choices]
         return choices[dist.index(min(dist))]
-    if answer_type == "integer":
-        try:
-            return str(int(float(extraction.replace(",", ""))))
-        except ValueError:
-            return None
-    if answer_type == "float":
-        try:
-            return str(round(float(extraction.replace(",", "")), int(precision or 0)))
-        except ValueError:
-            return None
-    if answer_type == "list":
-        try:
-            return str(literal(extraction))
-        except ValueError:
-            return None
+    try:
+        if answer_type == "integer":
+            return str(int(float(extraction)))
+        if answer_type == "float":
+            return str(round(float(extraction), int(precision or 0)))
+    except (ValueError, OverflowError):
+        return None
     return extraction
 
 
@@ -131,8 +137,8 @@ class MathVista(Benchmark):
 
     def score(self, prediction: str, sample: Sample) -> dict:
         t = sample.target
-        ext = extract_answer(prediction, t["choices"], t["answer_type"])
-        norm = normalize(ext, t["choices"], t["question_type"], t["answer_type"], t["precision"]) if ext else None
+        ext = extract_answer(prediction, t["choices"], t["answer_type"], t["question_type"])
+        norm = normalize(ext, t["choices"], t["question_type"], t["answer_type"], t["precision"])
         return {"score": float(norm is not None and norm == t["answer"]), "extracted": ext, "normalized": norm,
                 "parsed": bool(ext)}
 

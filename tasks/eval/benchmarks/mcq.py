@@ -12,17 +12,21 @@ from the last `\boxed{}`).
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
 
 from kvl_tasks.eval.base import Aggregate, Benchmark, Loaded, PaperScore, Sample, Skipped, breakdowns, \
     check_rows, image_part, mean_score, resolve_image, text_message, text_part
 from kvl_tasks.eval.readers import blank, data_file, index_tsv, literal, read_rows, tsv_images
-from kvl_tasks.eval.scoring import can_infer, last_boxed, strip_thinking
+from kvl_tasks.eval.scoring import can_infer, extract_mcq_answer, last_boxed, strip_thinking
 
 BOXED = ("Answer the preceding question. The last line of your response should follow this format: "
          "'Answer: $\\boxed{LETTER}$' (without quotes), where LETTER is one of the options. Think step by step "
          "before answering.")
+
+
+_NO_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
 
 def options_of(row: dict) -> dict[str, str]:
@@ -60,7 +64,8 @@ def mcq_letter(prediction: str, options: dict[str, str]) -> str | None:
 class _MCQ(Benchmark):
     metric = "accuracy"
     max_new_tokens = 128
-    options = {"prompt": "vlmevalkit"}
+    # extractor=lmms-eval: lmms-eval's shared priority extractor over A-D (its MMStar task) instead of `can_infer`
+    options = {"prompt": "vlmevalkit", "extractor": "vlmevalkit"}
     category_keys = ("category", "l2-category")
 
     def load(self, data: Path, images: Path | None) -> Loaded:
@@ -106,8 +111,14 @@ class _MCQ(Benchmark):
                               boxed=self.options["prompt"] == "boxed")
         return text_message([*map(image_part, sample.inputs["images"]), text_part(prompt)])
 
+    def lmms_eval_letter(self, answer: str) -> str | None:
+        return extract_mcq_answer(answer, "ABCD") or None
+
     def score(self, prediction: str, sample: Sample) -> dict:
-        got = mcq_letter(prediction, sample.target["options"])
+        if self.options.get("extractor") == "lmms-eval":
+            got = self.lmms_eval_letter(strip_thinking(prediction))
+        else:
+            got = mcq_letter(prediction, sample.target["options"])
         return {"score": float(got == sample.target["answer"]), "extracted": got, "parsed": got is not None,
                 "gt": sample.target["answer"]}
 
@@ -161,3 +172,12 @@ class AI2D(_MCQ):
     title = "AI2D (test)"
     paper = PaperScore(84.9)
     data_help = "AI2D_TEST.tsv (VLMEvalKit)"
+
+    def lmms_eval_letter(self, answer: str) -> str | None:
+        """lmms-eval's ai2d.yaml: a leading `X.` is the letter; otherwise the whole answer, lower-cased and
+        without ASCII punctuation, must be the letter itself (its exact_match)."""
+        m = re.match(r"\s*([A-Z])\.", answer)
+        if m:
+            return m.group(1)
+        bare = answer.lower().translate(_NO_PUNCTUATION)
+        return bare.upper() if len(bare) == 1 and bare.isascii() and bare.isalpha() else None

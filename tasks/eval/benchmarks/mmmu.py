@@ -34,8 +34,8 @@ def parse_multi_choice(response: str, choices: dict[str, str]) -> tuple[str | No
     letters = list(choices)
     cands = [c for c in letters if f"({c})" in response]
     brackets = bool(cands)
-    if not cands:
-        cands = [c for c in letters if f" {c} " in response]
+    if not cands:  # "X " anywhere ("答案是D" too); the tie-break below still looks for " X "
+        cands = [c for c in letters if f"{c} " in response]
     if not cands:
         cands = [c for c in letters if f"{c}." in response]
     by_text = False
@@ -183,8 +183,8 @@ class MMMU(Benchmark):
 
     def score(self, prediction: str, sample: Sample) -> dict:
         answer = strip_thinking(prediction)
-        boxed = last_boxed(answer)
-        if boxed is not None:
+        boxed = last_boxed(answer) if self.options["prompt"] == "boxed" else None
+        if boxed is not None:  # only the Kimi thinking prompt asks for a box; the official parsers read it all
             answer = boxed
         t = sample.target
         if not t["mc"]:

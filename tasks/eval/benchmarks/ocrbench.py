@@ -23,14 +23,18 @@ GROUPS = {**{c: "Text Recognition" for c in RECOGNITION}, "Scene Text-centric VQ
           HME: HME}
 
 
+_FULLWIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+
+
 def ocrbench_hit(prediction: str, answers: list[str], hme: bool) -> bool:
     """Substring containment of any answer in the prediction. Handwritten math keeps case and drops every
-    space (LaTeX spacing is arbitrary); everything else is case-insensitive with newlines as spaces."""
+    space (LaTeX spacing is arbitrary); everything else is case-insensitive with newlines as spaces, and
+    fullwidth ASCII and the ideographic space folded to ASCII (lmms-eval's `_fold_fullwidth_ascii`)."""
     if hme:
         p = prediction.strip().replace("\n", " ").replace(" ", "")
         return any(a.strip().replace("\n", " ").replace(" ", "") in p for a in answers)
-    p = prediction.lower().strip().replace("\n", " ")
-    return any(a.lower().strip().replace("\n", " ") in p for a in answers)
+    p = prediction.translate(_FULLWIDTH).lower().strip().replace("\n", " ")
+    return any(a.translate(_FULLWIDTH).lower().strip().replace("\n", " ") in p for a in answers)
 
 
 class OCRBench(Benchmark):

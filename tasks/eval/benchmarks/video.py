@@ -7,10 +7,10 @@ uniformly with the end points excluded (VLMEvalKit: t_i = i·duration/(N+1), i =
 PyAV fallback). Videos are found in --images (or `videos/`, `video/`, `data/` next to the annotation file) as
 `<id>.mp4` or by the row's own relative path.
 
-Answer extraction: Video-MME and LongVideoBench use `extract_characters_regex` (strip answer prefixes, then the
-first option letter; long answers without a letter are unanswered). LongVideoBench then falls back to a
-random option like its reference, here seeded by (seed, sample id). MLVU uses the priority extractor; M-Avg is
-the mean of the per-task accuracies.
+Answer extraction, as lmms-eval's tasks do it (cross-checked by bench/eval_fidelity.py): Video-MME and MLVU use
+lmms-eval's priority extractor over the letters A-D; LongVideoBench strips its answer prefixes and takes the first
+of A-E anywhere (long answers without a letter are unanswered), then falls back to a random option like its
+reference, here seeded by (seed, sample id). MLVU's M-Avg is the mean of the per-task accuracies.
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ class _VideoMCQ(Benchmark):
         return text_message([*({"type": "image", "image": f} for f in frames), text_part(text)])
 
     def extract(self, answer: str, n_options: int) -> str:
-        return first_letter_after_prefixes(answer, string.ascii_uppercase[:n_options])
+        # lmms-eval's Video-MME and MLVU tasks both call its shared extractor with the letters A-D.
+        return extract_mcq_answer(answer, "ABCD")
 
     def score(self, prediction: str, sample: Sample) -> dict:
         t = sample.target
@@ -166,7 +167,7 @@ class LongVideoBench(_VideoMCQ):
     def score(self, prediction: str, sample: Sample) -> dict:
         t = sample.target
         letters = string.ascii_uppercase[: len(t["options"])]
-        got = first_letter_after_prefixes(strip_thinking(prediction), letters)
+        got = first_letter_after_prefixes(strip_thinking(prediction), "ABCDE")  # the reference's letters, always
         fallback = None
         if not got:
             fallback = self.options["fallback"]
@@ -194,8 +195,6 @@ class MLVU(_VideoMCQ):
     def meta(self, r: dict, f: Path) -> dict:
         return {"task_type": r.get("question_type") or r.get("task_type") or f.stem}
 
-    def extract(self, answer: str, n_options: int) -> str:
-        return extract_mcq_answer(answer, string.ascii_uppercase[:n_options])
 
     def aggregate(self, records: list[dict]) -> Aggregate:
         b = breakdowns(records, self.category_keys)

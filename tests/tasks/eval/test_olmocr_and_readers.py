@@ -32,9 +32,12 @@ def test_present_absent_normalise_like_the_benchmark():
     assert not O.run_test("the tobaco industry", t(type="present", text="the tobacco industry"))[0]
     # last_n: a header-like text absent from the end of the page passes
     assert O.run_test("Journal of X\n" + "body " * 100, t(type="absent", text="Journal of X", last_n=100))[0]
-    # the length guard: an (almost) empty page has nothing present, and nothing absent
-    assert not O.run_test("\n", t(type="present", text="a long phrase"))[0]
-    assert O.run_test("\n", t(type="absent", text="a long phrase"))[0]
+    # an empty page has nothing present; but partial_ratio aligns the shorter string inside the longer one, so
+    # a page that is only a fragment of the expected text "contains" it (the official verdict, kept for parity)
+    assert not O.run_test("", t(type="present", text="a long phrase"))[0]
+    assert O.run_test("", t(type="absent", text="a long phrase"))[0]
+    assert O.run_test("long phr", t(type="present", text="a long phrase"))[0]
+    assert not O.run_test("a long phrase, written in full", t(type="absent", text="a long phrase"))[0]
 
 
 def test_order():
@@ -56,11 +59,24 @@ def test_tables_markdown_and_html():
         assert O.run_test(page, t(type="table", cell="3.32T", left="3.71T"))[0]
         assert O.run_test(page, t(type="table", cell="3.32T", top_heading="Tokens"))[0]
         assert O.run_test(page, t(type="table", cell="3.71T", up="Type", left_heading="3.71T"))[0]
-        assert not O.run_test(page, t(type="table", cell="3.32T", right="3.71T"))[0]
+        assert not O.run_test(page, t(type="table", cell="3.71T", right="3.71T"))[0]
+        # a neighbour outside the grid is not checked (the official rule): nothing right of the last column
+        assert O.run_test(page, t(type="table", cell="3.32T", right="3.71T"))[0]
         assert not O.run_test(page, t(type="table", cell="9.99T"))[0]
     assert O.run_test(MD_TABLE, t(type="table", cell="3.32T", down="21.32T"))[0]
-    assert O.run_test(HTML_TABLE, t(type="table", cell="total", up="3.32T"))[0]  # colspan covers both columns
+    # a colspan takes no grid position of its own: "total" sits in column 0 only, under 3.71T
+    assert O.run_test(HTML_TABLE, t(type="table", cell="total", up="3.71T"))[0]
+    assert not O.run_test(HTML_TABLE, t(type="table", cell="total", up="3.32T"))[0]
     assert not O.run_test("no table at all", t(type="table", cell="3.32T"))[0]
+
+
+def test_table_heading_below_an_empty_heading_row():
+    # pymupdf4llm's Markdown of olmOCR-bench's discoverworld_crazy_table4 (test t06): the first row is a group
+    # heading with an empty cell above "Unit Test Topic"; the official test falls back to any cell above
+    page = ("|||**ReA**|**CT**|\n|---|---|---|---|\n|**#**|**Unit Test Topic**|Proced|ure<br>Completion|\n"
+            "|33|Search an environment for an object|0.80|0.80|\n|34|Interact with a moving agent|0.60|0.20|\n")
+    assert O.run_test(page, t(type="table", cell="Interact with a moving agent", top_heading="Unit Test Topic"))[0]
+    assert not O.run_test(page, t(type="table", cell="Interact with a moving agent", top_heading="Completion"))[0]
 
 
 def test_math_and_baseline():
