@@ -66,6 +66,7 @@ class TrainConfig:
     plot: bool = True
     stop_after: int | None = None  # end the process after this many steps (tests simulate a crash)
     tokenizer: str | None = None  # fresh presets: take tokenizer files from this folder (else byte-level)
+    checkpoint_activations: bool | None = None  # per-layer recompute; None: on when a phase is >= 32K tokens
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -172,18 +173,55 @@ def set_trainable(model: torch.nn.Module, prefixes: list[str]) -> list[str]:
     return [] if everything else sorted({n.split(".")[0] for n, p in model.named_parameters() if not p.requires_grad})
 
 
+CHECKPOINTED_LAYERS = ("DecoderLayer", "EncoderLayer")  # LLM decoder layers, MoonViT blocks
+AUTO_CHECKPOINT_SEQ = 32768
+
+
+def checkpoint_activations(model: torch.nn.Module) -> int:
+    """Per-layer activation checkpointing (torch.utils.checkpoint, non-reentrant): each decoder layer and
+    ViT block keeps only its input for backward and recomputes its inside, so activation memory is one
+    layer's worth plus the layer inputs. The layer's `forward` is wrapped in place (parameter names and
+    checkpoints are unchanged); without grad (eval, generation) it runs as before. Returns the count."""
+    from torch.utils.checkpoint import checkpoint
+
+    n = 0
+    for m in model.modules():
+        if type(m).__name__ not in CHECKPOINTED_LAYERS or getattr(m, "_kvl_checkpointed", False):
+            continue
+        inner = m.forward
+
+        def forward(*args, _inner=inner, **kw):
+            if torch.is_grad_enabled():
+                return checkpoint(_inner, *args, use_reentrant=False, **kw)
+            return _inner(*args, **kw)
+
+        m.forward = forward
+        m._kvl_checkpointed = True
+        n += 1
+    return n
+
+
 class ExpertLoad:
-    """Counts tokens per routed expert during forward passes (for aux-loss-free bias updates)."""
+    """Counts tokens per routed expert during forward passes (for aux-loss-free bias updates).
+
+    `real` ([B*T] bool, set per micro-batch) leaves the rows' tail padding out: it is no data, and how
+    wide a row is padded must not steer the routers. `paused` is set around backward, where activation
+    checkpointing re-runs the forward (and its hooks) a second time."""
 
     def __init__(self, model: torch.nn.Module):
         self.gates = [(name, m) for name, m in model.named_modules() if type(m).__name__ == "MoEGate"]
         self.counts = {name: torch.zeros(m.n_experts, dtype=torch.float64) for name, m in self.gates}
         self.handles = [m.register_forward_hook(self._hook(name)) for name, m in self.gates]
+        self.real: torch.Tensor | None = None
+        self.paused = False
 
     def _hook(self, name):
         def hook(mod, inp, out):
-            if mod.training:
-                self.counts[name] += torch.bincount(out[0].flatten().cpu(), minlength=mod.n_experts).double()
+            if mod.training and not self.paused:
+                ids = out[0]
+                if self.real is not None and self.real.shape[0] == ids.shape[0]:
+                    ids = ids[self.real]
+                self.counts[name] += torch.bincount(ids.flatten().cpu(), minlength=mod.n_experts).double()
         return hook
 
     def update_biases(self, rate: float, reduce: Callable[[torch.Tensor], torch.Tensor]) -> float:
@@ -275,6 +313,10 @@ class Trainer:
                                              vision_hidden=self.model.config.vision.hidden_size,
                                              pad_id=self.processor.tokenizer.pad_id)).to(self.device)
         self.expert_load = ExpertLoad(self.model)
+        ac = cfg.checkpoint_activations
+        if ac is None:
+            ac = max(p.seq_len for p in phases) >= AUTO_CHECKPOINT_SEQ
+        self.checkpointed = checkpoint_activations(self.model) if ac else 0
 
     def _trainable_modules(self) -> list[torch.nn.Module]:
         return [self.model] + ([self.coca] if self.coca is not None else [])
@@ -366,6 +408,7 @@ class Trainer:
             self._coca_parts = out
             return out["loss"] * len(mb.caption_ids)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+        self.expert_load.real = (~mb.padding_mask()).flatten().to(dev)
         with autocast:
             logits = self.model(
                 mb.input_ids.to(dev),
@@ -406,11 +449,17 @@ class Trainer:
         loss_sum = 0.0
         try:
             for mb in micro:
+                if self.coca is None and mb.n_tokens == 0:
+                    continue  # an empty row (a small dataset's step holds one pass over it): no loss, no gradient
                 loss = self._forward_loss(mb)
                 # a micro-batch can be out of reach of every trainable weight (align trains only the
                 # vision side; a row of text-only documents never touches it): it adds no gradient
                 if loss.requires_grad:
-                    (loss / n_global).backward()
+                    self.expert_load.paused = True
+                    try:
+                        (loss / n_global).backward()
+                    finally:
+                        self.expert_load.paused = False
                 loss_sum += float(loss.detach())
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
             if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
@@ -451,6 +500,7 @@ class Trainer:
         total, count = 0.0, 0.0
         for _ in range(self.cfg.eval_batches):
             batch = stream.next_batch()
+            batch = batch if self.coca is not None else batch.trimmed()
             total += float(self._forward_loss(batch))
             count += self._count(batch)
         self.model.train()
@@ -508,7 +558,8 @@ class Trainer:
         if self.rank == 0:
             _truncate_metrics(metrics_path, self.step)
         self.emit("start", {"steps": cfg.steps, "step": self.step, "stage": self.stage.name,
-                            "frozen": sorted(self.frozen), "world": self.world})
+                            "frozen": sorted(self.frozen), "world": self.world,
+                            "checkpointed_layers": self.checkpointed})
         last: dict[str, Any] = {}
         while self.step < cfg.steps:
             last = self.train_step()
