@@ -568,7 +568,11 @@ class Trainer:
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
             self.dist.barrier()
-            dcp.save(self.optimizer.dcp_state(), checkpoint_id=str(tmp / "optim"))  # collective
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+                dcp.save(self.optimizer.dcp_state(), checkpoint_id=str(tmp / "optim"))  # collective
             opt_state = None
         else:
             model = self.model
@@ -624,9 +628,18 @@ class Trainer:
 
         if self.dist_mode != "fsdp":
             raise KvlError(f"{folder.parent}: holds a sharded (FSDP) optimizer state; resume it with --dist fsdp")
+        import warnings
+
+        from torch.distributed.checkpoint.api import CheckpointException
+
         sd = self.optimizer.dcp_state(empty=True)
         try:
             meta = dcp.FileSystemReader(str(folder)).read_metadata()
+            files = sorted({info.relative_path for info in (meta.storage_data or {}).values()})
+            missing = [f for f in files if not (folder / f).is_file()]
+            if missing:
+                raise KvlError(f"{folder}: shard file {missing[0]} is missing ({len(missing)} of {len(files)} "
+                               "missing); copy the whole checkpoint folder, or resume from an earlier one")
             saved = set(meta.state_dict_metadata)
             if not saved <= set(sd):
                 raise KvlError(f"{folder}: the optimizer state does not fit this model and stage (it has "
@@ -639,10 +652,12 @@ class Trainer:
                     raise KvlError(f"{folder}: optimizer tensor {k} has shape {list(got)}, this model needs "
                                    f"{list(want)}: the checkpoint was made with another config")
             sd = {k: v for k, v in sd.items() if k in saved}
-            dcp.load(sd, checkpoint_id=str(folder), planner=DefaultLoadPlanner(allow_partial_load=True))
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
+                dcp.load(sd, checkpoint_id=str(folder), planner=DefaultLoadPlanner(allow_partial_load=True))
         except KvlError:
             raise
-        except Exception as e:  # noqa: BLE001 - DCP reports a missing/damaged shard in many ways
+        except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP reports damage in many ways
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise KvlError(f"{folder}: cannot read the sharded optimizer state (a shard file is missing or "
                            f"damaged: {first[:200]})") from None
