@@ -22,7 +22,6 @@ import json
 import os
 import random
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -115,13 +114,15 @@ def run_command() -> dict:
         data = make_chats(Path(d))
         cmd = [str(kvl), "train", "--stage", "sft", "--preset", "tiny", "--data", str(data), "--steps", "16",
                "--out", str(Path(d) / "run"), "--json"]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        # a fresh wrapper process, so that its children's peak RSS is this command's alone
+        wrap = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True)
+        peak = int(subprocess.run([sys.executable, "-c", wrap, *cmd], check=True, capture_output=True,
+                                  text=True).stdout.split()[-1])
         wall = time.perf_counter() - t0
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         steps = [json.loads(x) for x in (Path(d) / "run" / "metrics.jsonl").read_text().splitlines()]
-    r = {"command": " ".join(cmd[1:8]) + " --steps 16", "wall_s": wall, "peak_rss_mb": max(peak, before) / 1024,
+    r = {"command": " ".join(cmd[1:8]) + " --steps 16", "wall_s": wall, "peak_rss_mb": peak / 1024,
          "tokens_per_step": steps[0]["tokens"]}
     print(f"  kvl train --stage sft --preset tiny (96 chats, 16 steps): {wall:.1f} s wall, peak RSS "
           f"{r['peak_rss_mb']:.0f} MB, {r['tokens_per_step']:.0f} tokens per step", flush=True)
