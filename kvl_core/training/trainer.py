@@ -329,13 +329,14 @@ class Trainer:
         mode = self.cfg.dist
         if mode not in DIST_MODES:
             raise KvlError(f"unknown --dist {mode!r}; use {', '.join(DIST_MODES)}")
+        trains_lm = self.stage.loss == "lm" and ("*" in self.stage.trainable or "language_model" in self.stage.trainable)
         if mode == "auto":
             resumes_fsdp = self.resume_from is not None and (self.resume_from / "optim").is_dir()
-            mode = "fsdp" if self.world > 1 or resumes_fsdp else "zero1"
+            mode = "fsdp" if (self.world > 1 and trains_lm) or resumes_fsdp else "zero1"
         self.dist_mode = mode
         if mode != "fsdp":
             return
-        if self.stage.loss != "lm" or not ("*" in self.stage.trainable or "language_model" in self.stage.trainable):
+        if not trains_lm:
             raise KvlError(f"--dist fsdp shards the language model, which stage {self.stage.name} does not train; "
                            "use --dist zero1 for it")
         self.replicated = self.dist.replicated_params(self.model)
