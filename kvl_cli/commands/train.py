@@ -31,6 +31,8 @@ def train(
     seq_len: Annotated[Optional[int], typer.Option(help="Sequence length of the first phase (later phases keep their multiple).")] = None,
     batch_tokens: Annotated[Optional[int], typer.Option(help="Tokens per optimizer step over all ranks (default 8 rows).")] = None,
     micro_rows: Annotated[int, typer.Option(help="Rows per forward pass (memory; the math does not change).")] = 1,
+    checkpoint_activations: Annotated[Optional[bool], typer.Option("--checkpoint-activations/--no-checkpoint-activations", help="Recompute each layer in backward instead of storing its activations (default: on for stages of 32K tokens or more).", show_default=False)] = None,
+    dist: Annotated[str, typer.Option("--dist", help="Under torchrun: fsdp (shard the LLM, FSDP2), zero1 (replicas + owner-sharded Muon states) or ddp (replicas). Default: fsdp when there is more than one process.")] = "auto",
     eval_data: Annotated[Optional[list[str]], typer.Option("--eval-data", help="Held-out JSONL for the eval loss.")] = None,
     eval_every: Annotated[int, typer.Option(help="Eval loss every N steps (0: at the end).")] = 0,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: at the end).")] = 0,
@@ -89,7 +91,7 @@ def train(
                       steps=steps, lr=lr, seq_len=seq_len, batch_tokens=batch_tokens, micro_rows=micro_rows,
                       seed=seed, resume=resume, save_every=save_every, keep=keep, eval_every=eval_every,
                       optimizer=optimizer, ns_dtype=ns_dtype, data_policy=on_bad_line, overlong=overlong,
-                      device=device)
+                      device=device, checkpoint_activations=checkpoint_activations, dist=dist)
     quiet = int(os.environ.get("RANK", "0")) != 0
     with _Reporter(disable=quiet or json_out) as report:
         summary = run_training(cfg, on_event=report)

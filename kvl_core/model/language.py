@@ -19,7 +19,8 @@ dn qk_nope_head_dim, dr qk_rope_head_dim, dv v_head_dim, R kv_lora_rank, V vocab
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -113,8 +114,11 @@ class MLAttention(nn.Module):
             # than the unfused fallback that builds the full T x T score matrix.
             pad = qf.shape[-1] - self.dv
             vp = F.pad(v, (0, pad)) if pad > 0 else v
-            o = F.scaled_dot_product_attention(qf, k, vp, attn_mask=mask, is_causal=mask is None and T > 1,
-                                               scale=self.scale)[..., : self.dv]
+            if isinstance(mask, DocumentLayout):
+                o = mask.attend(qf, k, vp, self.scale)[..., : self.dv]
+            else:
+                o = F.scaled_dot_product_attention(qf, k, vp, attn_mask=mask, is_causal=mask is None and T > 1,
+                                                   scale=self.scale)[..., : self.dv]
         else:
             # Decode: attend in latent space; q_nope.(W_uk c) == (W_uk^T q_nope).c and W_uv is applied after.
             w_uk, w_uv_t = self._absorbed_weights()
@@ -164,10 +168,180 @@ class CausalLMOutput:
 
 
 def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
-    """Packed sequences: [B, T] document ids -> [B, 1, T, T], causal within a document and nothing across."""
+    """Packed sequences: [B, T] document ids -> [B, 1, T, T], causal within a document and nothing across.
+
+    O(T^2) memory: the reference `DocumentLayout` is tested against, not what training uses."""
     T = doc_ids.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
     return ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]
+
+
+DOC_BACKENDS = ("auto", "sdpa", "flex", "flash", "mask")
+FLEX_BLOCK = 128
+
+
+def doc_attention_backend(device: torch.device, requested: str | None = None) -> str:
+    """Which kernel computes document attention: KVL_DOC_ATTENTION (or `requested`) if set, else
+    flash-attn's varlen kernel on CUDA when installed, FlexAttention on other CUDA, per-document SDPA on
+    CPU. "mask" is the dense T x T reference (tests only)."""
+    name = requested or os.environ.get("KVL_DOC_ATTENTION", "auto")
+    if name not in DOC_BACKENDS:
+        raise ValueError(f"KVL_DOC_ATTENTION={name!r}: choose from {', '.join(DOC_BACKENDS)}")
+    if name != "auto":
+        return name
+    if device.type != "cuda":
+        return "sdpa"
+    try:
+        import flash_attn  # noqa: F401
+
+        return "flash"
+    except ImportError:
+        return "flex"
+
+
+@dataclass
+class DocumentLayout:
+    """The documents of packed rows, computed once per forward and shared by every layer.
+
+    A document is a maximal run of equal `doc_ids` in a row (rows hold whole documents in order; tail
+    padding is one more document). Attention is causal inside each document and zero across, which is
+    exactly `document_mask`, in O(T) memory:
+      * sdpa  - documents of equal length are gathered into one [G, nH, n, d] batch and run through
+                causal SDPA (its fused kernel, no n x n matrix on CPU); the work is sum(n_i^2).
+      * flex  - FlexAttention with a block mask built from the document boundaries directly (never
+                from a dense mask): O((T/128)^2) block metadata, fully masked blocks are skipped.
+      * flash - flash-attn's varlen kernel over the rows flattened to one sequence (cu_seqlens).
+    """
+
+    doc_ids: torch.Tensor  # [B, T]
+    backend: str = "sdpa"
+    starts: list[int] = field(default_factory=list)  # flat start of each segment in the [B*T] order
+    lengths: list[int] = field(default_factory=list)
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_doc_ids(cls, doc_ids: torch.Tensor, backend: str | None = None) -> "DocumentLayout":
+        B, T = doc_ids.shape
+        change = torch.ones(B, T, dtype=torch.bool, device=doc_ids.device)
+        change[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+        starts = change.reshape(-1).nonzero().squeeze(1).cpu()
+        ends = torch.cat([starts[1:], torch.tensor([B * T])])
+        return cls(doc_ids, doc_attention_backend(doc_ids.device, backend), starts.tolist(), (ends - starts).tolist())
+
+    # -- kernels -----------------------------------------------------------------------------------
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """q, k [B, nH, T, d], v [B, nH, T, dv] -> [B, nH, T, dv]."""
+        if self.backend == "mask":
+            mask = self._cache.setdefault("mask", None)
+            if mask is None:
+                mask = self._cache["mask"] = document_mask(self.doc_ids)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        if self.backend == "flex":
+            return self._flex(q, k, v, scale)
+        if self.backend == "flash":
+            return self._flash(q, k, v, scale)
+        return self._sdpa(q, k, v, scale)
+
+    def _groups(self, device) -> tuple[list[tuple[int, torch.Tensor]], torch.Tensor]:
+        """(length n, flat token indices [G*n]) per distinct document length, and the permutation that
+        puts the concatenated group outputs back in token order; built once per forward."""
+        got = self._cache.get("groups")
+        if got is None:
+            by_len: dict[int, list[int]] = {}
+            for a, n in zip(self.starts, self.lengths):
+                by_len.setdefault(n, []).append(a)
+            groups = [(n, (torch.tensor(s, device=device)[:, None] + torch.arange(n, device=device)).flatten())
+                      for n, s in by_len.items()]
+            inverse = torch.cat([rows for _, rows in groups]).argsort()
+            got = self._cache["groups"] = (groups, inverse)
+        return got
+
+    def _sdpa(self, q, k, v, scale):
+        B, H, T, _ = q.shape
+        if len(set(self.lengths)) == 1 and self.lengths[0] == T:  # one document per row
+            return F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, scale=scale)
+        flat = [t.transpose(1, 2).reshape(B * T, H, t.shape[-1]) for t in (q, k, v)]
+        groups, inverse = self._groups(q.device)
+        outs = []
+        for n, rows in groups:
+            qs, ks, vs = (t.index_select(0, rows).unflatten(0, (-1, n)).transpose(1, 2) for t in flat)
+            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=n > 1, scale=scale)  # [G, nH, n, dv]
+            outs.append(o.transpose(1, 2).flatten(0, 1))
+        return torch.cat(outs).index_select(0, inverse).view(B, T, H, -1).transpose(1, 2)
+
+    def block_mask(self, device):
+        """FlexAttention BlockMask of this layout, from per-block document ranges (no T x T tensor)."""
+        bm = self._cache.get("block_mask")
+        if bm is not None:
+            return bm
+        from torch.nn.attention.flex_attention import BlockMask
+
+        doc = self.doc_ids
+        B, T = doc.shape
+        nb = (T + FLEX_BLOCK - 1) // FLEX_BLOCK
+        padded = F.pad(doc, (0, nb * FLEX_BLOCK - T), value=-1)  # pad ids only appear in a last partial block
+        blocks = padded.view(B, nb, FLEX_BLOCK)
+        lo = blocks.masked_fill(blocks < 0, torch.iinfo(doc.dtype).max).amin(-1)  # [B, nb]
+        hi = blocks.amax(-1)
+        qi = torch.arange(nb, device=doc.device)
+        causal = qi[:, None] >= qi[None, :]
+        # Documents are in increasing id order along a row, so block ranges are intervals.
+        overlap = (lo[:, :, None] <= hi[:, None, :]) & (lo[:, None, :] <= hi[:, :, None]) & causal  # [B, q, kv]
+        single = lo == hi
+        full_block = torch.ones(nb, dtype=torch.bool, device=doc.device)
+        if T % FLEX_BLOCK:
+            full_block[-1] = False
+        full = (overlap & (qi[:, None] > qi[None, :]) & (single & full_block)[:, :, None] & (single & full_block)[:, None, :]
+                & (lo[:, :, None] == lo[:, None, :]))
+        partial = overlap & ~full
+
+        def to_kv(m):  # [B, q, kv] bool -> (num [B, 1, q], indices [B, 1, q, kv]) with used ones first
+            num = m.sum(-1, dtype=torch.int32)
+            idx = torch.argsort(~m, dim=-1, stable=True).to(torch.int32)
+            return num[:, None], idx[:, None]
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return (doc[b, q_idx] == doc[b, kv_idx]) & (q_idx >= kv_idx)
+
+        kv_num, kv_idx = to_kv(partial)
+        full_num, full_idx = to_kv(full)
+        bm = BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod,
+                                      seq_lengths=(T, T))
+        self._cache["block_mask"] = bm
+        return bm
+
+    def _flex(self, q, k, v, scale):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        fn = flex_attention
+        if q.is_cuda:  # eager flex materialises the scores; the compiled kernel is the O(T) one
+            fn = _compiled_flex()
+        return fn(q, k, v, block_mask=self.block_mask(q.device), scale=scale)
+
+    def _flash(self, q, k, v, scale):
+        from flash_attn import flash_attn_varlen_func
+
+        B, H, T, _ = q.shape
+        cu = self._cache.get("cu")
+        if cu is None:
+            cu = self._cache["cu"] = torch.tensor(self.starts + [B * T], dtype=torch.int32, device=q.device)
+        dtype = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+        flat = [t.transpose(1, 2).reshape(B * T, H, t.shape[-1]).to(dtype) for t in (q, k, v)]
+        o = flash_attn_varlen_func(*flat, cu, cu, max(self.lengths), max(self.lengths), softmax_scale=scale, causal=True)
+        return o.to(q.dtype).view(B, T, H, -1).transpose(1, 2)
+
+
+_FLEX = None
+
+
+def _compiled_flex():
+    global _FLEX
+    if _FLEX is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX = torch.compile(flex_attention)
+    return _FLEX
 
 
 def attention_mask_4d(attention_mask: torch.Tensor | None, T: int, past: int, device) -> torch.Tensor | None:
@@ -215,9 +389,9 @@ class DeepseekV3ForCausalLM(nn.Module):
         doc_ids: torch.Tensor | None = None,
     ) -> CausalLMOutput:
         """`doc_ids` [B, T] marks the documents of a packed training row: attention stays inside each
-        document (pass `position_ids` restarting at 0 per document alongside)."""
-        if doc_ids is not None:
-            attention_mask = document_mask(doc_ids)
+        document (pass `position_ids` restarting at 0 per document alongside), in O(T) memory
+        (`DocumentLayout`); it replaces `attention_mask`."""
+        layout = DocumentLayout.from_doc_ids(doc_ids) if doc_ids is not None else None
         if inputs_embeds is None:
             inputs_embeds = self.model.embed_tokens(input_ids)
         x = inputs_embeds
@@ -234,7 +408,7 @@ class DeepseekV3ForCausalLM(nn.Module):
             else:
                 position_ids = torch.arange(past, past + T, device=x.device).expand(B, T)
         cos, sin = rope_cos_sin(position_ids, self.config.qk_rope_head_dim, self.config.rope_theta)
-        mask = attention_mask_4d(attention_mask, T, past, x.device)
+        mask = layout if layout is not None else attention_mask_4d(attention_mask, T, past, x.device)
         hidden = [x] if output_hidden_states else None
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask, cache)

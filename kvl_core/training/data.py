@@ -28,7 +28,9 @@ caption  <|media_start|>image<|media_content|> <|media_pad|>*n <|media_end|> cap
          alignment stage's "describe this image" objective.
 
 Packing (`Packer`): whole documents go greedily (first fit, in arrival order) into the rows of a batch;
-a document never spans two rows. Labels are shifted inside each document (`labels[t]` is the id of
+a document never spans two rows. A batch is only as wide as its fullest row needs (rounded up to a
+multiple of 128, at most seq_len), and each micro-batch of `split` is trimmed again to its own rows, so a
+row holding 7K tokens of a 32K stage costs 7K, and an empty row costs nothing. Labels are shifted inside each document (`labels[t]` is the id of
 token t+1 when t+1 is in the same document and supervised, else -100), positions restart at 0 per
 document and `doc_ids` numbers the documents of a row (tail padding is one more document), so with
 `document_mask` the packed row computes exactly what each document alone computes. Images of a batch
@@ -74,6 +76,7 @@ OVERLONG = ("truncate", "drop")
 _SUPERVISE = {"assistant": "assistant", "sft": "assistant", "all": "all", "pretrain": "all"}
 IGNORE = -100
 MAX_REPORTED = 20  # problem messages kept for the report; the counters count all of them
+ROW_MULTIPLE = 128  # packed rows are as wide as their longest content, rounded up to this (capped at seq_len)
 
 
 # ---- sources and samples --------------------------------------------------------------------------
@@ -429,11 +432,26 @@ class PackedBatch:
         return self if (a, b) == (0, self.rows) else self._slice(a, b)
 
     def split(self, micro_rows: int) -> list["PackedBatch"]:
-        """Consecutive blocks of `micro_rows` rows (the last may be smaller), for gradient accumulation.
-        Each keeps the global counts, so sum(CE) / global_n_supervised is the step's loss."""
+        """Consecutive blocks of `micro_rows` rows (the last may be smaller), for gradient accumulation, each
+        trimmed to its own content. Each keeps the global counts, so sum(CE) / global_n_supervised is the
+        step's loss."""
         if micro_rows is None or micro_rows <= 0 or micro_rows >= self.rows:
-            return [self]
-        return [self._slice(a, min(a + micro_rows, self.rows)) for a in range(0, self.rows, micro_rows)]
+            return [self.trimmed()]
+        return [self._slice(a, min(a + micro_rows, self.rows)).trimmed() for a in range(0, self.rows, micro_rows)]
+
+    def used(self) -> int:
+        """Non-padding tokens of the fullest row."""
+        return max((int((row < len(ids)).sum()) for row, ids in zip(self.doc_ids, self.sample_ids)), default=0)
+
+    def trimmed(self, multiple: int = ROW_MULTIPLE) -> "PackedBatch":
+        """The same rows cut to the width their content needs, rounded up to `multiple` (never wider than
+        now). Only tail padding goes: it is its own document, so no real token's output changes."""
+        T = int(self.input_ids.shape[1])
+        width = _width(self.used(), T, multiple)
+        if width == T:
+            return self
+        return replace(self, input_ids=self.input_ids[:, :width], labels=self.labels[:, :width],
+                       position_ids=self.position_ids[:, :width], doc_ids=self.doc_ids[:, :width])
 
     def _slice(self, a: int, b: int) -> "PackedBatch":
         im0, im1 = sum(self.images_per_row[:a]), sum(self.images_per_row[:b])
@@ -450,6 +468,11 @@ class PackedBatch:
             self.global_n_supervised, self.global_n_tokens,
         )
 
+    def padding_mask(self) -> torch.Tensor:
+        """[B, T] bool, True on the tail padding of each row."""
+        n_docs = torch.tensor([len(ids) for ids in self.sample_ids], device=self.doc_ids.device)
+        return self.doc_ids >= n_docs[:, None]
+
     def cu_seqlens(self) -> tuple[torch.Tensor, int]:
         """(int32 [n_segments + 1], max length) of every document and padding segment of the rows
         flattened to one sequence: the metadata of varlen attention kernels (training.md §2.3)."""
@@ -465,6 +488,11 @@ class PackedBatch:
         return PackedBatch(mv(self.input_ids), mv(self.labels), mv(self.position_ids), mv(self.doc_ids),
                            mv(self.pixel_values), mv(self.image_grid_hws), self.n_supervised, self.n_tokens,
                            self.sample_ids, self.images_per_row, self.global_n_supervised, self.global_n_tokens)
+
+
+def _width(used: int, limit: int, multiple: int = ROW_MULTIPLE) -> int:
+    """Row width for `used` content tokens: rounded up to `multiple`, at least one multiple, at most `limit`."""
+    return min(limit, max(multiple, -(-used // multiple) * multiple))
 
 
 def _shard_bounds(rows: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -635,7 +663,8 @@ class PackBuilder:
         return False
 
     def build(self) -> PackedBatch:
-        B, T, pad = len(self.rows), self.packer.seq_len, self.packer.pad_id
+        B, pad = len(self.rows), self.packer.pad_id
+        T = _width(max(self.used, default=0), self.packer.seq_len)
         input_ids = torch.full((B, T), pad, dtype=torch.long)
         labels = torch.full((B, T), IGNORE, dtype=torch.long)
         position_ids = torch.zeros((B, T), dtype=torch.long)
@@ -767,7 +796,9 @@ class Stream:
 
     Step s: the carried-over document (if any) goes first, then draws k = 0, 1, ... (source by
     `Mixture.choose(s, k)`, sample = the source's next index in its epoch permutation) are encoded and
-    packed first-fit until one fits in no row; that one is carried to step s+1. `batch_rows` is the
+    packed first-fit until one fits in no row; that one is carried to step s+1. A step makes at most N
+    draws (N = the samples of all sources): a batch never holds more than one pass over the data, so a
+    small dataset gives small batches rather than the same samples many times over in one step. `batch_rows` is the
     global number of rows; rank r gets rows [r*B/world, (r+1)*B/world).
     """
 
@@ -862,7 +893,7 @@ class Stream:
             if not builder.add(enc, sid):  # only possible if several were carried; keep them in order
                 self._carry.append((sid, enc))
         slot, failures, limit = 0, 0, sum(len(s) for s in self.samples) + 1
-        while not self._carry:
+        while not self._carry and slot < limit - 1:  # at most one pass over the data per step
             sid = self._draw(self.step, slot)
             slot += 1
             enc = self._encode(sid, count=True)
@@ -875,9 +906,11 @@ class Stream:
             failures = 0
             if not builder.add(enc, sid):
                 self._carry.append((sid, enc))
+        if not builder.n_docs:
+            raise KvlError(f"no usable sample in {limit - 1} consecutive draws: every sample was skipped or "
+                           f"dropped (seq_len {self.seq_len}; see the reported problems)")
         self.step += 1
-        batch = builder.build()
-        return batch
+        return builder.build()
 
     def _next_captions(self) -> CaptionBatch:
         """Exactly `batch_rows` image-caption pairs per step (nothing to pack, nothing carried)."""

@@ -392,3 +392,212 @@ class _ByteCursor:
     def write_from(self, buf: torch.Tensor) -> None:
         for dst, at, n in self._walk(buf.numel()):
             dst.copy_(buf[at : at + n])
+
+
+# ---- FSDP2 (fully sharded data parallel) -------------------------------------------------------
+#
+# `torch.distributed.fsdp.fully_shard` over a 1-D DeviceMesh: every language-model parameter is a
+# DTensor sharded on dim 0 across the ranks, gathered unit by unit for forward and backward and
+# resharded after; gradients are reduce-scattered (SUM: the loss is already divided by the global token
+# count). Units: each decoder layer, and the root (embeddings, lm_head, final norm).
+# Replicated instead (plain tensors, gradients all-reduced as under ZeRO-1): the vision tower and the
+# projector (~0.4B of the real model's 16.4B: a rank whose micro-batch has no image skips them, which a
+# sharded unit's collectives would not allow) and the router correction biases (not gradient-trained).
+#
+# Muon needs whole matrices: each Muon unit keeps its ZeRO-1 owner (`assign_owners`, as DistMuon); the
+# unit's gradient is gathered, the owner runs the single-process momentum + Newton-Schulz on it and
+# scatters the update back, and every rank applies decay and update to its own shard. AdamW is
+# elementwise, so it runs on the local shards directly. At world 1 the same code is plain Muon.
+
+SHARDED_LAYERS = ("DecoderLayer",)
+REPLICATED_PARAMS = ("e_score_correction_bias",)
+REPLICATED_MODULES = ("vision_tower", "multi_modal_projector")
+
+
+def device_mesh(device: torch.device):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device.type, (world(),), mesh_dim_names=("dp",))
+
+
+def fully_shard_model(model: torch.nn.Module, mesh, param_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """Apply FSDP2 to a kvl model in place (units as above). `param_dtype` bf16 gives bf16 compute on
+    fp32 master weights with fp32 gradient reduction. Returns the model (now an FSDPModule)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
+    ignored = set(replicated_params(model))
+    kw = dict(mesh=mesh, mp_policy=mp, ignored_params=ignored or None)
+    for m in list(model.modules()):
+        if type(m).__name__ in SHARDED_LAYERS:
+            fully_shard(m, **kw)
+    fully_shard(model, **kw)
+    # MoE: an expert no token of this rank chose must still take part in the reduce-scatter
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_reduce_scatter_unused_params(True, recurse=False)
+            # SUM, not FSDP's default mean; forced plain sum (gloo has no pre-multiplied sum)
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)
+    return model
+
+
+def replicated_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters FSDP leaves whole on every rank (see above), in model order."""
+    return [p for n, p in model.named_parameters()
+            if n.rsplit(".", 1)[-1] in REPLICATED_PARAMS or n.split(".", 1)[0] in REPLICATED_MODULES]
+
+
+def _is_dtensor(t) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The whole model's tensors (CPU), gathered one by one to rank 0 (None on the other ranks).
+    Collective under FSDP; a plain model just returns its state_dict."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        full = t.full_tensor() if _is_dtensor(t) else t
+        if rank() == 0:
+            out[name] = full.detach().cpu()
+    return out if rank() == 0 else None
+
+
+def _shard_rows(p) -> tuple[int, int]:
+    """[start, stop) of this rank's dim-0 rows of a Shard(0) DTensor (torch.chunk's split)."""
+    d0, w = p.shape[0], p.device_mesh.size()
+    c = -(-d0 // w)
+    start = min(p.device_mesh.get_local_rank() * c, d0)
+    return start, min(start + c, d0)
+
+
+class ShardedMuon(DistMuon):
+    """Muon over FSDP2-sharded (DTensor) parameters, exactly the single-process maths (see above).
+
+    Optimizer state: AdamW moments are local shards; a Muon momentum buffer is the whole matrix, on its
+    owner only. `dcp_state()` presents both as Shard(0) DTensors for torch.distributed.checkpoint, so
+    a checkpoint can be loaded at another world size (`load_dcp_state`)."""
+
+    def _comm_device(self) -> torch.device:
+        return super()._comm_device() if self.world_size > 1 else torch.device("cpu")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.last_ns_params = []
+        sq: list[torch.Tensor] = []
+        counts: list[int] = []
+        for gi, group in enumerate(self.param_groups):
+            acc, n = torch.zeros((), dtype=torch.float64), 0
+            for ui, unit in enumerate(self._units(group)):
+                if group["algo"] == "adamw":
+                    (p,) = unit
+                    if p.grad is None:
+                        continue
+                    local = p.to_local() if _is_dtensor(p) else p
+                    g = p.grad.to_local() if _is_dtensor(p.grad) else p.grad
+                    s, k = self._adamw_apply(group, local, g, self.state[p])
+                else:
+                    s, k = self._muon_sharded(group, unit, self._unit_owner[gi][ui])
+                if k:
+                    acc, n = acc + s.double().cpu(), n + k
+            sq.append(acc)
+            counts.append(n)
+        self._finish_rms(sq, counts)
+        return None
+
+    def _muon_sharded(self, group: dict, unit: list, owner: int) -> tuple[torch.Tensor | None, int]:
+        params = [p for p in unit if p.grad is not None]
+        if not params:
+            return None, 0
+        grads = [p.grad.full_tensor() if _is_dtensor(p.grad) else p.grad for p in params]  # collective
+        shape = (len(params), *grads[0].shape) if len(params) > 1 else tuple(grads[0].shape)
+        if self.rank == owner:
+            O, step = self._muon_direction(group, params, grads)
+            O = O.reshape(shape).to(params[0].dtype).contiguous()
+        else:
+            from kvl_core.training.muon import _matrix_shape, muon_scale
+
+            O = torch.empty(shape, dtype=params[0].dtype, device=grads[0].device)
+            step = group["lr"] * muon_scale(_matrix_shape(params[0], group["flatten"]))
+        del grads
+        if self.world_size > 1:
+            dist.broadcast(O, src=dist.get_global_rank(self.process_group, owner) if self.process_group else owner,
+                           group=self.process_group)
+        lr, wd = group["lr"], group["weight_decay"]
+        for i, p in enumerate(params):
+            o = O[i] if len(params) > 1 else O
+            if _is_dtensor(p):
+                a, b = _shard_rows(p)
+                local, o = p.to_local(), o[a:b]
+            else:
+                local = p
+            local.mul_(1 - lr * wd)
+            local.add_(o.reshape(local.shape), alpha=-step)
+        if not self.track_rms or self.rank != owner:
+            return None, 0
+        return O.double().square().sum() * step * step, O.numel()
+
+    # ---- checkpoints (torch.distributed.checkpoint) ---------------------------------------------
+
+    def _flat(self) -> list[tuple[int, dict, torch.Tensor, int]]:
+        """(global index, group, param, owner) of every parameter."""
+        out, i = [], 0
+        for gi, g in enumerate(self.param_groups):
+            for ui, unit in enumerate(self._units(g)):
+                for p in unit:
+                    out.append((i, g, p, self._unit_owner[gi][ui]))
+                    i += 1
+        return out
+
+    def dcp_state(self, empty: bool = False) -> dict[str, torch.Tensor]:
+        """The optimizer state as a flat dict of Shard(0) DTensors (plain tensors when not sharded), keys
+        `"{index}.{name}"`. `empty=True` builds same-shaped placeholders for `dcp.load` to fill.
+        Collective (the owners scatter the momentum buffers)."""
+        from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+        sd: dict[str, torch.Tensor] = {}
+        for i, g, p, owner in self._flat():
+            st = self.state.get(p, {})
+            sharded = _is_dtensor(p)
+            if g["algo"] == "adamw":
+                if not empty and "step" not in st:
+                    continue
+                for key in ("exp_avg", "exp_avg_sq"):
+                    local = torch.zeros_like(p.to_local() if sharded else p) if empty else st[key]
+                    sd[f"{i}.{key}"] = (DTensor.from_local(local, p.device_mesh, p.placements, shape=p.shape,
+                                                           stride=p.stride(), run_check=False) if sharded else local)
+                sd[f"{i}.step"] = torch.tensor(0 if empty else st["step"], dtype=torch.int64)
+            else:
+                has = self._stepped if not empty else True
+                if not has:
+                    continue
+                full = st.get("momentum_buffer") if self.rank == owner and not empty else None
+                if full is None:
+                    full = torch.zeros(p.shape, dtype=p.dtype, device=(p.to_local() if sharded else p).device)
+                sd[f"{i}.momentum_buffer"] = (distribute_tensor(full, p.device_mesh, [Shard(0)], src_data_rank=owner)
+                                              if sharded else full)
+        return sd
+
+    @property
+    def _stepped(self) -> bool:
+        return any("step" in self.state.get(p, {}) for _, g, p, _ in self._flat() if g["algo"] == "adamw") or any(
+            "momentum_buffer" in self.state.get(p, {}) for _, g, p, _ in self._flat())
+
+    def load_dcp_state(self, sd: dict[str, torch.Tensor]) -> None:
+        """Install a state filled by dcp.load into placeholders from `dcp_state(empty=True)` (collective)."""
+        for i, g, p, owner in self._flat():
+            if g["algo"] == "adamw":
+                if f"{i}.exp_avg" not in sd:
+                    continue
+                m, v = (sd[f"{i}.{k}"] for k in ("exp_avg", "exp_avg_sq"))
+                self.state[p] = {"step": int(sd[f"{i}.step"]), "exp_avg": m.to_local() if _is_dtensor(m) else m,
+                                 "exp_avg_sq": v.to_local() if _is_dtensor(v) else v}
+            elif f"{i}.momentum_buffer" in sd:
+                t = sd[f"{i}.momentum_buffer"]
+                full = t.full_tensor() if _is_dtensor(t) else t
+                if self.rank == owner:
+                    self.state[p] = {"momentum_buffer": full}

@@ -238,28 +238,8 @@ class Muon(torch.optim.Optimizer):
         params = [p for p in params if p.grad is not None]
         if not params:
             return None, 0
-        mu, lr, wd, flatten = group["momentum"], group["lr"], group["weight_decay"], group["flatten"]
-        updates = []
-        for p in params:
-            g = p.grad
-            if g.is_sparse:
-                raise RuntimeError("Muon does not support sparse gradients")
-            state = self.state[p]
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            buf.mul_(mu).add_(g)
-            u = g.add(buf, alpha=mu) if group["nesterov"] else buf
-            updates.append(u.reshape(p.shape[0], -1) if p.ndim == 4 else u)
-        U = torch.stack(updates) if len(updates) > 1 else updates[0]
-        O = zeropower_via_newtonschulz(U, group["ns_steps"], group["ns_coefficients"], group["eps"],
-                                       resolve_ns_dtype(group["ns_dtype"], U.device))
-        A, B = _matrix_shape(params[0], flatten)
-        self.ns_calls += 1
-        self.ns_matrices += O.numel() // (A * B)
-        index = self._global_index()
-        self.last_ns_params.extend(index[id(p)] for p in params)
-        step = lr * muon_scale((A, B))  # a unit's matrices share one shape, hence one scale
+        O, step = self._muon_direction(group, params, [p.grad for p in params])
+        lr, wd = group["lr"], group["weight_decay"]
         for i, p in enumerate(params):
             o = O[i] if len(params) > 1 else O
             p.mul_(1 - lr * wd)
@@ -268,15 +248,44 @@ class Muon(torch.optim.Optimizer):
             return None, 0
         return _sumsq(O) * step * step, O.numel()
 
+    def _muon_direction(self, group: dict, params: list[torch.Tensor],
+                        grads: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+        """Momentum and Newton-Schulz of one unit from its whole gradients: (O, step size) with O [A, B]
+        or [n, A, B] for a stack. The momentum buffers live in `self.state[p]`, shaped like the grads
+        (the sharded optimizer calls this on its owner rank with gathered gradients)."""
+        mu, flatten = group["momentum"], group["flatten"]
+        updates = []
+        for p, g in zip(params, grads):
+            if g.is_sparse:
+                raise RuntimeError("Muon does not support sparse gradients")
+            state = self.state[p]
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = torch.zeros_like(g, memory_format=torch.preserve_format)
+            buf.mul_(mu).add_(g)
+            u = g.add(buf, alpha=mu) if group["nesterov"] else buf
+            updates.append(u.reshape(g.shape[0], -1) if g.ndim == 4 else u)
+        U = torch.stack(updates) if len(updates) > 1 else updates[0]
+        O = zeropower_via_newtonschulz(U, group["ns_steps"], group["ns_coefficients"], group["eps"],
+                                       resolve_ns_dtype(group["ns_dtype"], U.device))
+        A, B = _matrix_shape(params[0], flatten)
+        self.ns_calls += 1
+        self.ns_matrices += O.numel() // (A * B)
+        index = self._global_index()
+        self.last_ns_params.extend(index[id(p)] for p in params)
+        return O, group["lr"] * muon_scale((A, B))  # a unit's matrices share one shape, hence one scale
+
     def _adamw_unit(self, group: dict, params: list[torch.Tensor]) -> tuple[torch.Tensor | None, int]:
         (p,) = params
         if p.grad is None:
             return None, 0
-        g = p.grad
+        return self._adamw_apply(group, p, p.grad, self.state[p])
+
+    def _adamw_apply(self, group: dict, p: torch.Tensor, g: torch.Tensor, state: dict) -> tuple[torch.Tensor | None, int]:
+        """The elementwise AdamW update of `p` (a whole tensor, or one rank's shard of it) in place."""
         if g.is_sparse:
             raise RuntimeError("AdamW branch does not support sparse gradients")
         lr, wd, (b1, b2), eps = group["lr"], group["weight_decay"], group["betas"], group["adam_eps"]
-        state = self.state[p]
         if "step" not in state:
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)

@@ -69,6 +69,8 @@ class TrainConfig:
     plot: bool = True
     stop_after: int | None = None  # end the process after this many steps (tests simulate a crash)
     tokenizer: str | None = None  # fresh presets: take tokenizer files from this folder (else byte-level)
+    checkpoint_activations: bool | None = None  # per-layer recompute; None: on when a phase is >= 32K tokens
+    dist: str = "auto"  # fsdp | ddp | zero1; auto: fsdp under torchrun (world > 1), else one process
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -117,13 +119,15 @@ def load_model(source: Path | str | None, preset: str | None, out: Path, seed: i
 
 
 def write_checkpoint(out: Path, step: int, model: torch.nn.Module, side_dir: Path, state: dict,
-                     extra: Callable[[Path], None] | None = None, keep: int = 2) -> Path:
+                     extra: Callable[[Path], None] | None = None, keep: int = 2, fresh: bool = True) -> Path:
     """Write out/step_NNNNNN/ (weights, side files, trainer_state.json, whatever `extra(folder)` adds)
-    into a hidden folder first and rename it into place; prune all but the newest `keep`."""
+    into a hidden folder first and rename it into place; prune all but the newest `keep`. `fresh=False`
+    keeps what other ranks already wrote into the hidden folder (sharded optimizer state)."""
     out.mkdir(parents=True, exist_ok=True)
     final_dir = out / f"step_{step:06d}"
     tmp = out / f".tmp_step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if fresh:
+        shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     for name in SIDE_FILES:
         if (side_dir / name).exists():
@@ -162,18 +166,55 @@ def set_trainable(model: torch.nn.Module, prefixes: list[str]) -> list[str]:
     return [] if everything else sorted({n.split(".")[0] for n, p in model.named_parameters() if not p.requires_grad})
 
 
+CHECKPOINTED_LAYERS = ("DecoderLayer", "EncoderLayer")  # LLM decoder layers, MoonViT blocks
+AUTO_CHECKPOINT_SEQ = 32768
+
+
+def checkpoint_activations(model: torch.nn.Module) -> int:
+    """Per-layer activation checkpointing (torch.utils.checkpoint, non-reentrant): each decoder layer and
+    ViT block keeps only its input for backward and recomputes its inside, so activation memory is one
+    layer's worth plus the layer inputs. The layer's `forward` is wrapped in place (parameter names and
+    checkpoints are unchanged); without grad (eval, generation) it runs as before. Returns the count."""
+    from torch.utils.checkpoint import checkpoint
+
+    n = 0
+    for m in model.modules():
+        if type(m).__name__ not in CHECKPOINTED_LAYERS or getattr(m, "_kvl_checkpointed", False):
+            continue
+        inner = m.forward
+
+        def forward(*args, _inner=inner, **kw):
+            if torch.is_grad_enabled():
+                return checkpoint(_inner, *args, use_reentrant=False, **kw)
+            return _inner(*args, **kw)
+
+        m.forward = forward
+        m._kvl_checkpointed = True
+        n += 1
+    return n
+
+
 class ExpertLoad:
-    """Counts tokens per routed expert during forward passes (for aux-loss-free bias updates)."""
+    """Counts tokens per routed expert during forward passes (for aux-loss-free bias updates).
+
+    `real` ([B*T] bool, set per micro-batch) leaves the rows' tail padding out: it is no data, and how
+    wide a row is padded must not steer the routers. `paused` is set around backward, where activation
+    checkpointing re-runs the forward (and its hooks) a second time."""
 
     def __init__(self, model: torch.nn.Module):
         self.gates = [(name, m) for name, m in model.named_modules() if type(m).__name__ == "MoEGate"]
         self.counts = {name: torch.zeros(m.n_experts, dtype=torch.float64) for name, m in self.gates}
         self.handles = [m.register_forward_hook(self._hook(name)) for name, m in self.gates]
+        self.real: torch.Tensor | None = None
+        self.paused = False
 
     def _hook(self, name):
         def hook(mod, inp, out):
-            if mod.training:
-                self.counts[name] += torch.bincount(out[0].flatten().cpu(), minlength=mod.n_experts).double()
+            if mod.training and not self.paused:
+                ids = out[0]
+                if self.real is not None and self.real.shape[0] == ids.shape[0]:
+                    ids = ids[self.real]
+                self.counts[name] += torch.bincount(ids.flatten().cpu(), minlength=mod.n_experts).double()
         return hook
 
     def update_biases(self, rate: float, reduce: Callable[[torch.Tensor], torch.Tensor]) -> float:
@@ -226,6 +267,7 @@ class Trainer:
             raise KvlError("no training data: pass --data FILE.jsonl (see the README for the JSONL layout)")
         self.step = 0
         self._load_model()
+        self._setup_parallel()
         self._build_optimizer()
         self._build_data()
         if self.resume_from is not None:
@@ -265,6 +307,33 @@ class Trainer:
                                              vision_hidden=self.model.config.vision.hidden_size,
                                              pad_id=self.processor.tokenizer.pad_id)).to(self.device)
         self.expert_load = ExpertLoad(self.model)
+        ac = cfg.checkpoint_activations
+        if ac is None:
+            ac = max(p.seq_len for p in phases) >= AUTO_CHECKPOINT_SEQ
+        self.checkpointed = checkpoint_activations(self.model) if ac else 0
+
+    def _setup_parallel(self) -> None:
+        """--dist: fsdp (FSDP2: LLM sharded, ShardedMuon, sharded DCP optimizer checkpoints), zero1 (full
+        replicas, gradients all-reduced, DistMuon owner-sharded states), ddp (full replicas, every rank runs
+        the whole optimizer)."""
+        mode = self.cfg.dist
+        if mode not in DIST_MODES:
+            raise KvlError(f"unknown --dist {mode!r}; use {', '.join(DIST_MODES)}")
+        trains_lm = self.stage.loss == "lm" and ("*" in self.stage.trainable or "language_model" in self.stage.trainable)
+        if mode == "auto":
+            resumes_fsdp = self.resume_from is not None and (self.resume_from / "optim").is_dir()
+            mode = "fsdp" if (self.world > 1 and trains_lm) or resumes_fsdp else "zero1"
+        self.dist_mode = mode
+        if mode != "fsdp":
+            return
+        if not trains_lm:
+            raise KvlError(f"--dist fsdp shards the language model, which stage {self.stage.name} does not train; "
+                           "use --dist zero1 for it")
+        self.replicated = self.dist.replicated_params(self.model)
+        if self.world > 1:
+            mesh = self.dist.device_mesh(self.device)
+            bf16 = torch.bfloat16 if self.device.type == "cuda" else None  # fp32 on CPU: exact against world 1
+            self.dist.fully_shard_model(self.model, mesh, param_dtype=bf16)
 
     def _trainable_modules(self) -> list[torch.nn.Module]:
         return [self.model] + ([self.coca] if self.coca is not None else [])
@@ -283,7 +352,14 @@ class Trainer:
         if cfg.optimizer not in ("muon", "adamw"):
             raise KvlError(f"unknown optimizer {cfg.optimizer!r}; use muon or adamw")
         # Owner-sharded ZeRO-1 under torchrun; at world 1 it is exactly the single-process Muon.
-        self.optimizer = self.dist.DistMuon(groups)
+        if self.dist_mode == "fsdp":
+            self.optimizer = self.dist.ShardedMuon(groups)
+        elif self.dist_mode == "ddp":
+            from kvl_core.training.muon import Muon
+
+            self.optimizer = Muon(groups)
+        else:
+            self.optimizer = self.dist.DistMuon(groups)
 
     def _sources(self, specs: list[str]):
         """`[TAG=]PATH[:WEIGHT]`: the tag names a mixture group (e.g. `long=` for longctx)."""
@@ -356,6 +432,7 @@ class Trainer:
             self._coca_parts = out
             return out["loss"] * len(mb.caption_ids)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+        self.expert_load.real = (~mb.padding_mask()).flatten().to(dev)
         with autocast:
             logits = self.model(
                 mb.input_ids.to(dev),
@@ -396,11 +473,19 @@ class Trainer:
         loss_sum = 0.0
         try:
             for mb in micro:
+                if self.coca is None and mb.n_tokens == 0 and self.dist_mode != "fsdp":
+                    # an empty row (a small dataset's step holds one pass over it): no loss, no gradient;
+                    # under FSDP every rank must still run it (the layers gather their shards collectively)
+                    continue
                 loss = self._forward_loss(mb)
                 # a micro-batch can be out of reach of every trainable weight (align trains only the
                 # vision side; a row of text-only documents never touches it): it adds no gradient
                 if loss.requires_grad:
-                    (loss / n_global).backward()
+                    self.expert_load.paused = True
+                    try:
+                        (loss / n_global).backward()
+                    finally:
+                        self.expert_load.paused = False
                 loss_sum += float(loss.detach())
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
             if "out of memory" not in str(e) and "can't allocate memory" not in str(e):
@@ -411,8 +496,15 @@ class Trainer:
         params = [p for m in self._trainable_modules() for p in m.parameters() if p.requires_grad]
         # Also at world 1: it gives experts that no token chose a zero gradient, as every rank > 1
         # must (so that 1 and N processes update identically).
-        self.dist.all_reduce_grads(params, op="sum")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.stage.grad_clip)) if self.stage.grad_clip else 0.0
+        if self.dist_mode == "fsdp":
+            # sharded grads are already reduce-scattered; the replicated vision side is summed as under ZeRO-1
+            self.dist.all_reduce_grads([p for p in self.replicated if p.requires_grad], op="sum")
+            for p in params:  # parameters no rank reached (e.g. an expert nobody chose) step with zeros
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+        else:
+            self.dist.all_reduce_grads(params, op="sum")
+        grad_norm = _grad_norm(params, self.stage.grad_clip) if self.stage.grad_clip else 0.0
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         trains_lm = "*" in self.stage.trainable or "language_model" in self.stage.trainable
@@ -441,6 +533,7 @@ class Trainer:
         total, count = 0.0, 0.0
         for _ in range(self.cfg.eval_batches):
             batch = stream.next_batch()
+            batch = batch if self.coca is not None else batch.trimmed()
             total += float(self._forward_loss(batch))
             count += self._count(batch)
         self.model.train()
@@ -449,11 +542,33 @@ class Trainer:
     # ---- checkpoints --------------------------------------------------------------------------
 
     def save(self) -> Path | None:
-        """Write step_NNNNNN/ atomically (rank 0 writes; every rank contributes optimizer state)."""
-        opt_state = self.optimizer.consolidated_state_dict()  # a collective: every rank takes part
+        """Write step_NNNNNN/ atomically (rank 0 writes; every rank contributes optimizer state).
+
+        Under FSDP every rank writes its optimizer shards into the hidden folder (optim/, a
+        torch.distributed.checkpoint), rank 0 the gathered HF-layout weights; then rank 0 renames it."""
+        fsdp = self.dist_mode == "fsdp"
         state = {"step": self.step, "stage": self.stage.name, "config": asdict(self.cfg),
                  "data": self.stream.state_dict(), "phase_index": self.phase_index,
-                 "rope_theta": self.model.config.text.rope_theta}
+                 "rope_theta": self.model.config.text.rope_theta, "dist": self.dist_mode, "world": self.world}
+        if fsdp:
+            import torch.distributed.checkpoint as dcp
+
+            model = _GatheredModel(self.model, self.dist.full_state_dict(self.model))  # collective
+            tmp = self.out / f".tmp_step_{self.step:06d}"
+            if self.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            self.dist.barrier()
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+                dcp.save(self.optimizer.dcp_state(), checkpoint_id=str(tmp / "optim"))  # collective
+            opt_state = None
+        else:
+            model = self.model
+            opt_state = self.optimizer.consolidated_state_dict() if hasattr(self.optimizer, "consolidated_state_dict") \
+                else self.optimizer.state_dict()  # a collective: every rank takes part
         if self.rank != 0:
             self.dist.barrier()
             return None
@@ -464,9 +579,11 @@ class Trainer:
 
                 (tmp / "coca").mkdir()
                 save_state_dict(self.coca, tmp / "coca")
-            torch.save({"optimizer": opt_state, "rng": _rng_state()}, tmp / "optimizer.pt")
+            blob = {"rng": _rng_state(), **({"optimizer": opt_state} if opt_state is not None else {})}
+            torch.save(blob, tmp / "optimizer.pt")
 
-        final_dir = write_checkpoint(self.out, self.step, self.model, self.side_dir, state, extra, self.cfg.keep)
+        final_dir = write_checkpoint(self.out, self.step, model, self.side_dir, state, extra, self.cfg.keep,
+                                     fresh=not fsdp)
         self.dist.barrier()
         self.emit("save", {"path": str(final_dir)})
         return final_dir
@@ -478,7 +595,13 @@ class Trainer:
         self.step = int(state["step"])
         self.model.config.text.rope_theta = state.get("rope_theta", self.model.config.text.rope_theta)
         blob = torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu")
-        self.optimizer.load_state_dict(blob["optimizer"])
+        if (ckpt / "optim").is_dir():
+            self._load_sharded_optimizer(ckpt / "optim")
+        elif self.dist_mode == "fsdp":
+            raise KvlError(f"{ckpt}: holds a {state.get('dist', 'zero1')} optimizer state, not an FSDP one; resume it "
+                           f"with --dist {state.get('dist', 'zero1')}")
+        else:
+            self.optimizer.load_state_dict(blob["optimizer"])
         _set_rng_state(blob["rng"])
         if self.coca is not None:
             from kvl_core.checkpoint import load_into
@@ -489,6 +612,48 @@ class Trainer:
         self.stream.load_state_dict(state["data"])
         self.emit("note", {"text": f"resumed from {ckpt} at step {self.step}"})
 
+    def _load_sharded_optimizer(self, folder: Path) -> None:
+        """Fill the optimizer from a torch.distributed.checkpoint folder saved at any world size."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import DefaultLoadPlanner
+
+        if self.dist_mode != "fsdp":
+            raise KvlError(f"{folder.parent}: holds a sharded (FSDP) optimizer state; resume it with --dist fsdp")
+        import warnings
+
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        sd = self.optimizer.dcp_state(empty=True)
+        try:
+            meta = dcp.FileSystemReader(str(folder)).read_metadata()
+            files = sorted({info.relative_path for info in (meta.storage_data or {}).values()})
+            missing = [f for f in files if not (folder / f).is_file()]
+            if missing:
+                raise KvlError(f"{folder}: shard file {missing[0]} is missing ({len(missing)} of {len(files)} "
+                               "missing); copy the whole checkpoint folder, or resume from an earlier one")
+            saved = set(meta.state_dict_metadata)
+            if not saved <= set(sd):
+                raise KvlError(f"{folder}: the optimizer state does not fit this model and stage (it has "
+                               f"{len(saved)} tensors, {len(saved - set(sd))} of them unknown here): wrong --model/--preset "
+                               "or --stage/--optimizer for this checkpoint")
+            for k in saved:
+                want = tuple(sd[k].shape)
+                got = tuple(getattr(meta.state_dict_metadata[k], "size", want))
+                if got != want:
+                    raise KvlError(f"{folder}: optimizer tensor {k} has shape {list(got)}, this model needs "
+                                   f"{list(want)}: the checkpoint was made with another config")
+            sd = {k: v for k, v in sd.items() if k in saved}
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process.*")
+                dcp.load(sd, checkpoint_id=str(folder), planner=DefaultLoadPlanner(allow_partial_load=True))
+        except KvlError:
+            raise
+        except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP reports damage in many ways
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise KvlError(f"{folder}: cannot read the sharded optimizer state (a shard file is missing or "
+                           f"damaged: {first[:200]})") from None
+        self.optimizer.load_dcp_state(sd)
+
     # ---- the run ------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
@@ -498,7 +663,8 @@ class Trainer:
         if self.rank == 0:
             _truncate_metrics(metrics_path, self.step)
         self.emit("start", {"steps": cfg.steps, "step": self.step, "stage": self.stage.name,
-                            "frozen": sorted(self.frozen), "world": self.world})
+                            "frozen": sorted(self.frozen), "world": self.world,
+                            "checkpointed_layers": self.checkpointed})
         last: dict[str, Any] = {}
         while self.step < cfg.steps:
             last = self.train_step()
@@ -523,6 +689,48 @@ class Trainer:
                    "data": self.stream.stats.as_dict()}  # tokens, truncated/dropped/skipped samples
         self.emit("end", summary)
         return summary
+
+
+DIST_MODES = ("auto", "fsdp", "ddp", "zero1")
+
+
+class _GatheredModel:
+    """Stands in for an FSDP-sharded model when writing its HF-layout checkpoint from the gathered tensors."""
+
+    def __init__(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor] | None):
+        self.config, self.tensors = model.config, tensors
+
+    def save_pretrained(self, path: Path) -> None:
+        from kvl_core.checkpoint import save_state_dict
+
+        path.mkdir(parents=True, exist_ok=True)
+        self.config.torch_dtype = str(next(iter(self.tensors.values())).dtype).removeprefix("torch.")
+        save_state_dict(self.tensors, path)
+        self.config.save(path / "config.json")
+
+
+def _grad_norm(params: list[torch.Tensor], max_norm: float) -> float:
+    """clip_grad_norm_ over plain and DTensor (sharded) gradients alike; returns the total norm."""
+    from torch.distributed.tensor import DTensor
+
+    sharded = [p for p in params if isinstance(p, DTensor)]
+    if not sharded:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    plain = [p for p in params if not isinstance(p, DTensor)]
+    sq = torch.zeros((), dtype=torch.float64)
+    for p in sharded:  # each rank's shards, then one sum over ranks
+        sq += p.grad.to_local().double().square().sum()
+    from kvl_core.training import distributed as dist
+
+    dist.all_reduce_sum(sq)
+    for p in plain:  # replicated: the same on every rank, counted once
+        sq += p.grad.double().square().sum()
+    total = float(sq.sqrt())
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for p in params:
+            p.grad.mul_(coef)
+    return total
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -271,7 +271,13 @@ def test_rank_shards_concatenate_to_the_global_batch_across_world_sizes(data, pr
         assert parts[0].sample_ids + parts[1].sample_ids == g.sample_ids
         micro = g.split(3)
         assert [m.rows for m in micro] == [3, 1]
-        assert torch.equal(torch.cat([m.input_ids for m in micro]), g.input_ids)
+        # micro-batches are trimmed to their own content: what they drop is tail padding only
+        at = 0
+        for m in micro:
+            w = m.input_ids.shape[1]
+            assert torch.equal(m.input_ids, g.input_ids[at:at + m.rows, :w])
+            assert g.padding_mask()[at:at + m.rows, w:].all()
+            at += m.rows
         assert sum(m.n_supervised for m in micro) == g.n_supervised == micro[1].global_n_supervised
     assert any(g.pixel_values is not None for g in full)
 
@@ -298,7 +304,8 @@ def test_phase_change_to_a_longer_context_continues_the_same_order(data, proc):
     state, a = run()
     _, b = run()
     assert [digest(x) for x in a] == [digest(x) for x in b]
-    assert a[0].input_ids.shape == (1, 320)
+    # the new phase packs up to 320 tokens per row (the row is as wide as that content, rounded to 128)
+    assert 160 < a[0].n_tokens <= 320 and a[0].input_ids.shape == (1, min(320, -(-a[0].n_tokens // 128) * 128))
     assert a[0].sample_ids[0][0] == tuple(state["carry"][0])  # the carried document opens the new phase
 
 
@@ -392,3 +399,49 @@ def test_multimodal_share_follows_the_ramp():
     assert ramp(-5) == 0.1 and ramp(10_000) == 0.5
     assert [mix.choose(3, k) for k in range(20)] == [Mixture([1, 1, 2], [0, 1, 1], 7, ramp).choose(3, k)
                                                      for k in range(20)]
+
+
+# ---- rows no wider than their data (issue 18) ---------------------------------------------------
+
+def test_a_small_dataset_gives_one_pass_per_step_in_rows_as_wide_as_their_content(tmp_path, proc):
+    texts = jsonl(tmp_path / "t.jsonl", [{"text": "word " * (3 + 7 * i)} for i in range(6)])
+    s = Stream([Source(texts)], proc, seq_len=32768, batch_rows=4, seed=2, supervise="all")
+    seen = []
+    for _ in range(3):
+        b = s.next_global()
+        ids = [sid for row in b.sample_ids for sid in row]
+        assert len(ids) == len(set(ids)) <= 6  # never the same sample twice in one step
+        seen += ids
+        used = b.used()
+        assert b.input_ids.shape == (4, -(-used // 128) * 128) and used == max(len(r) and
+                                                                               int((b.doc_ids[i] < len(r)).sum())
+                                                                               for i, r in enumerate(b.sample_ids))
+        micro = b.split(1)
+        assert [m.input_ids.shape[1] for m in micro] == [max(128, -(-int(m.n_tokens) // 128) * 128) for m in micro]
+        assert sum(m.n_supervised for m in micro) == b.n_supervised
+    # the draws still walk the epoch permutations in order: every sample once per epoch
+    assert sorted(seen[:6]) == sorted(seen[6:12]) == [(0, i) for i in range(6)]
+
+
+def test_trimmed_rows_give_the_same_loss_as_full_width_rows(data, proc, tiny_dir):
+    from kvl_core.model import KimiVLForConditionalGeneration
+
+    model = KimiVLForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    s = Stream([Source(data["chat"])], proc, seq_len=1000, batch_rows=2, seed=3, supervise="sft")
+    b = s.next_global()
+    assert b.input_ids.shape[1] < 1000
+    T = 1000
+
+    def widen(t, fill):
+        return torch.cat([t, torch.full((t.shape[0], T - t.shape[1]), fill, dtype=t.dtype)], 1)
+
+    last = torch.tensor([len(r) for r in b.sample_ids])[:, None]
+    wide = dict(input_ids=widen(b.input_ids, 0), position_ids=widen(b.position_ids, 0),
+                doc_ids=torch.where(widen(b.doc_ids, -1) < 0, last, widen(b.doc_ids, -1)))
+    with torch.no_grad():
+        narrow = model(b.input_ids, pixel_values=b.pixel_values, image_grid_hws=b.image_grid_hws,
+                       position_ids=b.position_ids, doc_ids=b.doc_ids).logits
+        full = model(wide["input_ids"], pixel_values=b.pixel_values, image_grid_hws=b.image_grid_hws,
+                     position_ids=wide["position_ids"], doc_ids=wide["doc_ids"]).logits
+    keep = ~b.padding_mask()
+    torch.testing.assert_close(narrow[keep], full[:, : b.input_ids.shape[1]][keep], atol=1e-5, rtol=1e-5)

@@ -247,3 +247,53 @@ def test_out_of_memory_becomes_a_hint(tmp_path, data, monkeypatch):
 def test_summary_counts_truncated_samples(tmp_path, data):
     summary = train(cfg(tmp_path, data, "pretrain", ["text"], steps=2, seq_len=16, out=str(tmp_path / "trunc")))
     assert summary["data"]["truncated"] > 0  # texts of 17-49 tokens cut to 16
+
+
+# ---- long context (issue 18) ------------------------------------------------------------------
+
+def test_activation_checkpointing_changes_memory_not_the_math(tmp_path, data):
+    from torch.autograd.graph import saved_tensors_hooks
+
+    kw = dict(steps=2, seq_len=256, batch_tokens=512)
+    plain = Trainer(cfg(tmp_path, data, "sft", ["mm_chat"], out=str(tmp_path / "plain"), checkpoint_activations=False, **kw))
+    ckpt = Trainer(cfg(tmp_path, data, "sft", ["mm_chat"], out=str(tmp_path / "ckpt"), checkpoint_activations=True, **kw))
+    assert plain.checkpointed == 0 and ckpt.checkpointed == 3 + 2  # decoder layers + ViT blocks
+    for _ in range(2):
+        a, b = plain.train_step(), ckpt.train_step()
+        assert a["loss"] == b["loss"]
+    pa, pb = dict(plain.model.named_parameters()), dict(ckpt.model.named_parameters())
+    assert pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+    def saved_bytes(trainer) -> int:
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        mb = trainer.stream.next_batch().split(1)[0]
+        with saved_tensors_hooks(pack, lambda t: t):
+            trainer._forward_loss(mb)
+        return total
+
+    assert saved_bytes(ckpt) < 0.5 * saved_bytes(plain)
+
+
+def test_checkpointing_defaults_on_for_long_stages_only(tmp_path, data):
+    long = Trainer(cfg(tmp_path, data, "sft", ["chat"], out=str(tmp_path / "long"), seq_len=None, batch_tokens=None))
+    short = Trainer(cfg(tmp_path, data, "sft", ["chat"], out=str(tmp_path / "short")))
+    assert long.stream.seq_len == 32768 and long.checkpointed > 0
+    assert short.stream.seq_len == 64 and short.checkpointed == 0
+
+
+def test_a_32k_stage_on_a_small_dataset_packs_rows_as_wide_as_the_data(tmp_path, data):
+    """The recipe's own 32K rows (no --seq-len): one pass over 48 chats per step, one narrow row."""
+    t = Trainer(cfg(tmp_path, data, "sft", ["mm_chat"], steps=2, out=str(tmp_path / "sft32k"), seq_len=None,
+                    batch_tokens=None))
+    batch = t.stream.next_global()
+    assert t.stream.seq_len == 32768 and batch.rows == 8
+    assert len({sid for row in batch.sample_ids for sid in row}) == 48 == sum(map(len, batch.sample_ids))
+    assert batch.input_ids.shape[1] == -(-batch.n_tokens // 128) * 128 < 4096
+    r = t.train_step()
+    assert r["tokens"] == batch.n_tokens and torch.isfinite(torch.tensor(r["loss"]))
