@@ -117,6 +117,11 @@ class StaticDecoder:
         self.graph = None
         self.logits: torch.Tensor | None = None
 
+    def __deepcopy__(self, memo):
+        # Kept on the model between generate() calls; a deep copy of the model (e.g. a frozen
+        # reference policy) starts without one rather than copying a CUDA graph.
+        return None
+
     @torch.no_grad()
     def capture(self) -> None:
         """Warm up (builds absorbed and stacked weights, picks the MoE kernel) on a side stream,

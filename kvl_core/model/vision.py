@@ -99,7 +99,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
             and _varlen_attn() is not None:
         cu = torch.tensor(cu_seqlens, dtype=torch.int32, device=q.device)
         try:
-            return _varlen_attn()(q, k, v, cu, cu, max(lens), max(lens))
+            return _varlen_attn()(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, max(lens), max(lens))
         except (RuntimeError, NotImplementedError):  # no flash kernel for this GPU/build: batched SDPA below
             _VARLEN_OK[0] = False
     if len(lens) == 1:
