@@ -166,7 +166,7 @@ class MoE(nn.Module):
         N, k = idx.shape
         E = len(self.experts)
         gu, dn = self.expert_stacks()
-        if torch.is_autocast_enabled(x.device.type):
+        if x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type):
             # The trainer's bf16 autocast over fp32 weights: bmm would be autocast, _grouped_mm is not.
             dt = torch.get_autocast_dtype(x.device.type)
             gu, dn = gu.to(dt), dn.to(dt)
