@@ -433,27 +433,33 @@ def part_train(args, rec: Recorder) -> None:
              params=n_params, weights="fp32 master weights, bf16 autocast (as kvl train on CUDA)")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
 
-    def step(batch, labels):
+    def step(batch, labels, keep):
         with autocast:
-            logits = model(**batch).logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+            logits = model(**batch, logits_to_keep=keep).logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels[:, -keep:].flatten(), ignore_index=-100)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
 
-    for name, rows, seq, doc, n_img in (("SFT step", sz["rows"], sz["seq"], sz["doc"], sz["images"]),
-                                         ("SFT step, one packed row, document attention", 1, sz["long"], sz["long_doc"], 0)):
+    # The long row supervises only its last document (an SFT answer), so its logits stay 4K x vocab
+    # while attention and every layer still run, and backpropagate, over all 32K positions.
+    for name, rows, seq, doc, n_img, keep in (
+            ("SFT step", sz["rows"], sz["seq"], sz["doc"], sz["images"], sz["seq"]),
+            ("SFT step, one packed row, document attention", 1, sz["long"], sz["long_doc"], 0, sz["long_doc"])):
         batch, labels, patches = _packed_batch(cfg, rows, seq, doc, n_img, sz["side"], dev)
-        step(batch, labels)  # warm-up (optimizer state, kernels)
-        sec, loss = timed(lambda: step(batch, labels), dev)
+        step(batch, labels, keep)  # warm-up (optimizer state, kernels)
+        sec, loss = timed(lambda: step(batch, labels, keep), dev)
         tokens = rows * seq
-        flops = 3 * (2 * pb["active_params"] * tokens + attention_flops(cfg.text, tokens, doc / 2)) \
-            + 3 * 2 * vision_params * patches
+        head = cfg.text.vocab_size * cfg.text.hidden_size
+        flops = 3 * (2 * (pb["active_params"] - head) * tokens + 2 * head * rows * keep
+                     + attention_flops(cfg.text, tokens, doc / 2)) + 3 * 2 * vision_params * patches
         tok_s = tokens / sec
-        rec.row(f"{name}: {rows} x {seq} tokens, docs of {doc}" + (f", {n_img} images" if n_img else ""), tok_s, "tok/s",
+        rec.row(f"{name}: {rows} x {seq} tokens, docs of {doc}" + (f", {n_img} images" if n_img else "")
+                + (f", last {keep} supervised" if keep < seq else ""), tok_s, "tok/s",
                 limit=tokens / (flops / PEAK_BF16), note=f"MFU = % of limit; loss {float(loss.detach()):.2f}; {sec:.2f} s/step",
-                mfu=round(flops / sec / PEAK_BF16, 4) if dev.type == "cuda" else None)
+                mfu=round(flops / sec / PEAK_BF16, 4) if dev.type == "cuda" else None,
+                peak_memory_gb=round(torch.cuda.max_memory_allocated(dev) / 2**30, 1) if dev.type == "cuda" else None)
         del batch, labels
         if dev.type == "cuda":
             torch.cuda.empty_cache()

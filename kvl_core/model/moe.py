@@ -134,7 +134,9 @@ class MoE(nn.Module):
         stacks = getattr(self, "_stacks", None)
         if stacks is not None and self._stacks_valid(stacks):
             return stacks
-        with torch.no_grad():
+        # Plain tensors even under inference_mode: they become the parameters' storage, which an
+        # optimizer may later update in place.
+        with torch.no_grad(), torch.inference_mode(False):
             gu = torch.stack([torch.cat([e.gate_proj.weight, e.up_proj.weight]) for e in ex])
             dn = torch.stack([e.down_proj.weight for e in ex])
         if all(type(p.data) is torch.Tensor for p in params):
