@@ -366,13 +366,15 @@ def part_hf(args, rec: Recorder) -> None:
     rec.row(f"transformers DeepseekV3ForCausalLM decode batch 1, {ctx} context", hf_rate, "tok/s", limit=limit,
             note=f"transformers {transformers.__version__}, sdpa, generate()")
     ours = {}
-    for name, static in (("graph", None if dev.type == "cuda" else True), ("eager", False)):
+    for name, static in (("CUDA graph" if dev.type == "cuda" else "static step", None if dev.type == "cuda" else True),
+                         ("eager", False)):
         rate, out = _decode_tok_s(lm, ids, new, static)
         ours[name] = (rate, out)
         rec.row(f"kvl decode batch 1, {ctx} context ({name}), same weights", rate, "tok/s", limit=limit,
                 note=f"{rate / hf_rate:.2f}x transformers")
     hf_ids = hf_out[0, ctx:].tolist()
-    same = next((i for i, (a, b) in enumerate(zip(hf_ids, ours["graph"][1].new_tokens[0])) if a != b), len(hf_ids))
+    first = next(iter(ours.values()))[1].new_tokens[0]
+    same = next((i for i, (a, b) in enumerate(zip(hf_ids, first)) if a != b), len(hf_ids))
     rec.info(greedy_ids_agree_first=same, note="random bf16 weights: near-ties may diverge after a few tokens")
 
 
