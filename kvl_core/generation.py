@@ -133,7 +133,8 @@ class StaticDecoder:
                 self._run()
         torch.cuda.current_stream(self.ids.device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: a server's other threads may keep using CUDA while this one captures.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.logits = self._run()
         self.cache.buf.zero_()
         self.cache.valid.zero_()
