@@ -50,7 +50,9 @@ FIXTURE = ROOT.parent / "shared" / "fixtures" / "kimi_vl_tiny"
 BANDWIDTH = 4.8e12  # H200 HBM3e, bytes/s
 PEAK_BF16 = 989e12  # H200 SXM dense bf16 FLOP/s
 TOTAL_S = 480
-LIMITS = {"fixture": 35, "real": 150, "hf": 70, "train": 55, "nano": 160}
+# Each part's own cap; the last part of a run gets whatever the 480 s leave (nano: about 3 minutes or
+# more, so that it reaches its held-out evaluation).
+LIMITS = {"fixture": 30, "real": 130, "hf": 60, "train": 60, "nano": 200}
 SMOKE_LIMITS = {"fixture": 60, "real": 60, "hf": 60, "train": 60, "nano": 120}
 PARTS = list(LIMITS)
 # docs/nano.md, kvl-nano as shipped (2-core CPU, idle machine): SFT 35.4 min for 8,228 samples, held-out CER
@@ -340,6 +342,20 @@ def part_hf(args, rec: Recorder) -> None:
     model = build_model(cfg, dev, dtype)  # same seed as part real: the same weights
     model.vision_tower = model.multi_modal_projector = None
     lm = model.language_model
+    rec.info(vllm="not installable on the GPU machine (no index access); not measured")
+    ctx, new = sz["ctx_short"], sz["new"]
+    ids = _random_ids(cfg.text.vocab_size, (1, ctx), dev, seed=7)
+
+    limit = decode_limit(cfg.text, 1, ctx, torch.finfo(dtype).bits // 8)
+    ours = {}
+    for name, static in (("CUDA graph" if dev.type == "cuda" else "static step", None if dev.type == "cuda" else True),
+                         ("eager", False)):
+        rate, out = _decode_tok_s(lm, ids, new, static)
+        ours[name] = (rate, out)
+        rec.row(f"kvl decode batch 1, {ctx} context ({name})", rate, "tok/s", limit=limit,
+                note="same weights as transformers below")
+    lm._kvl_static_decoder = None
+    # transformers last (it may be slow): our rows are already recorded; fewer tokens.
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -351,27 +367,20 @@ def part_hf(args, rec: Recorder) -> None:
     import transformers
 
     rec.info(transformers=transformers.__version__, vllm="not installable on the GPU machine (no index access); not measured")
-    ctx, new = sz["ctx_short"], sz["new"]
-    ids = _random_ids(cfg.text.vocab_size, (1, ctx), dev, seed=7)
+    new_hf = min(new, 32)
 
     def hf_gen(n):
         return hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
 
     with torch.no_grad():
-        hf_gen(new)
+        hf_gen(new_hf)
         t1, _ = timed(lambda: hf_gen(1), dev)
-        tn, hf_out = timed(lambda: hf_gen(new), dev)
-    hf_rate = (new - 1) / max(tn - t1, 1e-9)
-    limit = decode_limit(cfg.text, 1, ctx, torch.finfo(dtype).bits // 8)
+        tn, hf_out = timed(lambda: hf_gen(new_hf), dev)
+    hf_rate = (new_hf - 1) / max(tn - t1, 1e-9)
+    best = max(ours.values(), key=lambda v: v[0])[0]
     rec.row(f"transformers DeepseekV3ForCausalLM decode batch 1, {ctx} context", hf_rate, "tok/s", limit=limit,
-            note=f"transformers {transformers.__version__}, sdpa, generate()")
-    ours = {}
-    for name, static in (("CUDA graph" if dev.type == "cuda" else "static step", None if dev.type == "cuda" else True),
-                         ("eager", False)):
-        rate, out = _decode_tok_s(lm, ids, new, static)
-        ours[name] = (rate, out)
-        rec.row(f"kvl decode batch 1, {ctx} context ({name}), same weights", rate, "tok/s", limit=limit,
-                note=f"{rate / hf_rate:.2f}x transformers")
+            note=f"transformers {transformers.__version__}, sdpa, generate(); kvl is {best / hf_rate:.2f}x this",
+            kvl_over_transformers=round(best / hf_rate, 3))
     hf_ids = hf_out[0, ctx:].tolist()
     first = next(iter(ours.values()))[1].new_tokens[0]
     same = next((i for i, (a, b) in enumerate(zip(hf_ids, first)) if a != b), len(hf_ids))
@@ -556,7 +565,7 @@ def run_all(args) -> dict:
     for i, part in enumerate(parts):
         left = deadline - time.monotonic()
         # Keep a little for every part still to come, so a late part still starts.
-        limit = min(limits[part], left - 5 * (len(parts) - i - 1))
+        limit = left if i == len(parts) - 1 else min(limits[part], left - 5 * (len(parts) - i - 1))
         if limit < 10:
             report["parts"][part] = {"status": "skipped", "rows": [], "note": "total time limit reached"}
             continue
