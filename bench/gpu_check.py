@@ -31,6 +31,7 @@ Usage: python bench/gpu_check.py [--smoke] [--out DIR] [--parts fixture,real,...
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -568,6 +569,10 @@ def run_all(args) -> dict:
         limit = left if i == len(parts) - 1 else min(limits[part], left - 5 * (len(parts) - i - 1))
         if limit < 10:
             report["parts"][part] = {"status": "skipped", "rows": [], "note": "total time limit reached"}
+            continue
+        if part == "nano" and importlib.util.find_spec("kvl_tasks") is None:
+            report["parts"][part] = {"status": "skipped", "rows": [], "note": "kvl is not installed, so `kvl train` "
+                                     "cannot find its eval benchmarks: pip install --no-deps --no-build-isolation -e ."}
             continue
         log = open(out / "parts" / f"{part}.log", "w")
         if part == "nano":
