@@ -177,6 +177,9 @@ def part_fixture(args, rec: Recorder) -> None:
     from kvl_core.model import KimiVLForConditionalGeneration
 
     dev, _ = device_and_dtype(args)
+    # fp32 means fp32: cuDNN would run the patch-embedding conv in TF32 by default (~1e-3 error).
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     run_dir = Path(args.out) / "fixture"
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.copytree(FIXTURE, run_dir)
