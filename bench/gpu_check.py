@@ -346,7 +346,7 @@ def part_hf(args, rec: Recorder) -> None:
     model = build_model(cfg, dev, dtype)  # same seed as part real: the same weights
     model.vision_tower = model.multi_modal_projector = None
     lm = model.language_model
-    rec.info(vllm="not installable on the GPU machine (no index access); not measured")
+    rec.row("vLLM decode", None, note="not measured: vLLM is not installable on the GPU machine (no package index)")
     ctx, new = sz["ctx_short"], sz["new"]
     ids = _random_ids(cfg.text.vocab_size, (1, ctx), dev, seed=7)
 
