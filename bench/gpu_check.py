@@ -192,6 +192,16 @@ def part_fixture(args, rec: Recorder) -> None:
         with torch.no_grad():
             vt = model.vision_tower
             enc = vt(g["vision.pixel_values"], g["vision.grid_hws"])
+            if dtype == "bfloat16" and dev.type == "cuda":
+                from kvl_core.model import vision as vision_mod
+
+                # The same three packed images through the batched-SDPA path: the varlen kernel must agree.
+                ok_before, vision_mod._VARLEN_OK[0] = vision_mod._VARLEN_OK[0], False
+                sdpa = vt(g["vision.pixel_values"], g["vision.grid_hws"])
+                vision_mod._VARLEN_OK[0] = ok_before
+                rec.row("MoonViT bf16, 3 packed images: varlen kernel vs batched SDPA, max |diff|",
+                        float((enc.float() - sdpa.float()).abs().max()), "abs",
+                        note=f"varlen used: {ok_before and vision_mod._varlen_attn() is not None}")
             outs = {"vision.encoder_out": enc,
                     "vision.projector_out": model.multi_modal_projector(vt.patch_merger(enc, g["vision.grid_hws"]))}
             lm = model.language_model(g["lm.input_ids"], output_hidden_states=True)
