@@ -322,6 +322,8 @@ def generate(
             lm._kvl_static_decoder = dec = None
         # Next rope position of each row: its real tokens so far (left padding counts none).
         pos = attention_mask.sum(-1) if attention_mask is not None else torch.full((B,), T, device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels run asynchronously: the prefill ends here, not at launch
     t1 = time.perf_counter()
     seen = input_ids if p.repetition_penalty != 1.0 else None
     out_cols: list[torch.Tensor] = []
