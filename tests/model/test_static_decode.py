@@ -42,3 +42,15 @@ def test_static_decode_left_padded_batch_matches_dynamic(tiny_model):
     static = generate(tiny_model, ids, attention_mask=mask, params=p, static_decode=True)
     assert static.new_tokens == dynamic.new_tokens
     assert tiny_model.language_model._kvl_static_decoder.capacity % 256 == 0
+
+
+def test_graph_decoding_is_only_chosen_on_cuda_up_to_batch_64(monkeypatch):
+    from kvl_core.generation import _want_static
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert not _want_static(cpu, 1, None)  # the CPU keeps the model's own decode path
+    assert _want_static(cuda, 1, None) and _want_static(cuda, 64, None)
+    assert not _want_static(cuda, 65, None)
+    assert _want_static(cpu, 3, True) and not _want_static(cuda, 3, False)
+    monkeypatch.setenv("KVL_CUDA_GRAPHS", "0")
+    assert not _want_static(cuda, 1, None)
