@@ -29,14 +29,12 @@ def test_static_step_logits_match_the_reference_decode_steps(tiny_model, golden)
 
 
 def test_static_decode_left_padded_batch_matches_dynamic(tiny_model):
+    from torch.nn.utils.rnn import pad_sequence
+
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(0, 256, (n,), generator=g) for n in (4, 13, 9)]
-    T = max(len(x) for x in prompts)
-    ids = torch.full((3, T), 299)
-    mask = torch.zeros(3, T, dtype=torch.long)
-    for i, x in enumerate(prompts):
-        ids[i, T - len(x):] = x
-        mask[i, T - len(x):] = 1
+    ids = pad_sequence(prompts, batch_first=True, padding_value=299, padding_side="left")
+    mask = pad_sequence([torch.ones_like(x) for x in prompts], batch_first=True, padding_side="left")
     p = SamplingParams(max_new_tokens=7, do_sample=True, temperature=0.7, seed=3)
     dynamic = generate(tiny_model, ids, attention_mask=mask, params=p)
     static = generate(tiny_model, ids, attention_mask=mask, params=p, static_decode=True)
