@@ -198,10 +198,18 @@ class MoE(nn.Module):
         if impl == "grouped_mm":
             # scatter_add, not bincount: bincount sizes its output from the max id (a host sync).
             counts = torch.zeros(E, dtype=torch.int64, device=xs.device).scatter_add_(0, flat, torch.ones_like(flat))
-            offs = counts.cumsum(0).to(torch.int32)
-            h = torch._grouped_mm(xs, gu.transpose(-2, -1), offs=offs)
+            # Each expert's rows start on a multiple of GROUP_ALIGN (the grouped GEMM's alignment, which
+            # its backward needs too), padded with zero rows; the buffer has room for the worst case.
+            padded = (counts + GROUP_ALIGN - 1) // GROUP_ALIGN * GROUP_ALIGN
+            ends = padded.cumsum(0)
+            P = flat.shape[0]
+            dest = (ends - padded)[expert_of] + torch.arange(P, device=xs.device) - (counts.cumsum(0) - counts)[expert_of]
+            buf = xs.new_zeros(P + E * (GROUP_ALIGN - 1), xs.shape[1]).index_copy(0, dest, xs)
+            offs = ends.to(torch.int32)
+            h = torch._grouped_mm(buf, gu.transpose(-2, -1), offs=offs)
             g, u = h.split(inter, dim=-1)
-            y = torch._grouped_mm(F.silu(g) * u, dn.transpose(-2, -1), offs=offs)
+            # Rows past the last offset are outside every group (never read back).
+            y = torch._grouped_mm(F.silu(g) * u, dn.transpose(-2, -1), offs=offs).index_select(0, dest)
         elif impl == "pairs":
             h = torch.bmm(gu.index_select(0, expert_of), xs[:, :, None])[..., 0]  # [P, 2I]
             g, u = h.split(inter, dim=-1)
@@ -220,6 +228,7 @@ class MoE(nn.Module):
         return y
 
 
+GROUP_ALIGN = 8  # rows; 16 bytes of bf16
 _GROUPED_MM_BROKEN: set[tuple] = set()
 
 
