@@ -311,7 +311,8 @@ def generate(
         kwargs.update(pixel_values=pixel_values, image_grid_hws=image_grid_hws)
     logits = model(input_ids, **kwargs).logits[:, -1]
     dec = None
-    if p.max_new_tokens > 1 and _want_static(device, B, static_decode):
+    if p.max_new_tokens > 1 and _want_static(device, B, static_decode) and \
+            (static_decode or not getattr(lm, "_kvl_graphs_failed", False)):
         try:
             dec = static_decoder(lm, B, T + p.max_new_tokens, capture=device.type == "cuda")
             dec.cache.load(cache, attention_mask)
@@ -320,6 +321,8 @@ def generate(
                 raise
             warnings.warn(f"CUDA-graph decoding unavailable ({str(e).splitlines()[0]}); decoding eagerly")
             lm._kvl_static_decoder = dec = None
+            if not isinstance(e, torch.OutOfMemoryError):
+                lm._kvl_graphs_failed = True  # not retried for this model (a smaller batch may fit after an OOM)
         # Next rope position of each row: its real tokens so far (left padding counts none).
         pos = attention_mask.sum(-1) if attention_mask is not None else torch.full((B,), T, device=device)
     if device.type == "cuda":
