@@ -31,9 +31,9 @@ Usage: python bench/gpu_check.py [--smoke] [--out DIR] [--parts fixture,real,...
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
-import math
 import os
 import shutil
 import signal
@@ -222,7 +222,7 @@ def part_fixture(args, rec: Recorder) -> None:
             for layer in (1, 2):
                 got = {}
                 gate = model.language_model.model.layers[layer].mlp.gate
-                h = gate.register_forward_hook(lambda mod, inp, out: got.update(idx=out[0]))  # returns None
+                h = gate.register_forward_hook(lambda mod, inp, out, got=got: got.update(idx=out[0]))  # returns None
                 model.language_model(g["lm.input_ids"])
                 h.remove()
                 routing_exact &= bool(torch.equal(got["idx"].sort(-1).values, g[f"lm.layer{layer}.topk_idx"]))
@@ -306,7 +306,7 @@ def part_real(args, rec: Recorder) -> None:
         for T in sz["prefill"]:
             ids = _random_ids(t.vocab_size, (1, T), dev)
             lm(ids, logits_to_keep=1)  # warm-up
-            sec, _ = timed(lambda: lm(ids, logits_to_keep=1), dev, repeat=2)
+            sec, _ = timed(functools.partial(lm, ids, logits_to_keep=1), dev, repeat=2)
             flops = 2 * pb["active_params"] * T + attention_flops(t, T, T / 2)
             rec.row(f"prefill {T} tokens", T / sec, "tok/s", limit=T / (flops / PEAK_BF16),
                     note="limit: FLOPs at bf16 peak (compute-bound)", seconds=sec)
@@ -474,7 +474,7 @@ def part_train(args, rec: Recorder) -> None:
             ("SFT step, one packed row, document attention", 1, sz["long"], sz["long_doc"], 0, sz["long_doc"])):
         batch, labels, patches = _packed_batch(cfg, rows, seq, doc, n_img, sz["side"], dev)
         step(batch, labels, keep)  # warm-up (optimizer state, kernels)
-        sec, loss = timed(lambda: step(batch, labels, keep), dev)
+        sec, loss = timed(functools.partial(step, batch, labels, keep), dev)
         tokens = rows * seq
         head = cfg.text.vocab_size * cfg.text.hidden_size
         flops = 3 * (2 * (pb["active_params"] - head) * tokens + 2 * head * rows * keep
@@ -526,7 +526,7 @@ def nano_results(run_dir: Path, rec: Recorder, scale) -> None:
     ground = (ev.get("ground") or {}).get("metrics") or {}
     if ocr:
         rec.row("nano held-out OCR CER", ocr.get("cer"), "%", limit=NANO_CPU["cer"],
-                note=f"limit = the shipped CPU model's CER (docs/nano.md); lower is better")
+                note="limit = the shipped CPU model's CER (docs/nano.md); lower is better")
     if ground:
         rec.row("nano held-out click-in-box", ground.get("accuracy"), "%", limit=NANO_CPU["click"],
                 note="limit = the shipped CPU model (docs/nano.md); higher is better")

@@ -319,7 +319,7 @@ def generate(
         except (RuntimeError, torch.OutOfMemoryError) as e:
             if static_decode:
                 raise
-            warnings.warn(f"CUDA-graph decoding unavailable ({str(e).splitlines()[0]}); decoding eagerly")
+            warnings.warn(f"CUDA-graph decoding unavailable ({str(e).splitlines()[0]}); decoding eagerly", stacklevel=2)
             lm._kvl_static_decoder = dec = None
             if not isinstance(e, torch.OutOfMemoryError):
                 lm._kvl_graphs_failed = True  # not retried for this model (a smaller batch may fit after an OOM)

@@ -1,5 +1,6 @@
 """MoE router and grouped dispatch against a per-token reference written from model.md §7.4."""
 
+import pytest
 import torch
 
 from kvl_core.config import TextConfig
@@ -75,8 +76,6 @@ def test_gradients_reach_router_and_experts_but_not_bias():
 
 
 # ---- the grouped path used on CUDA (runs on the CPU too) --------------------------------------
-
-import pytest  # noqa: E402
 
 IMPLS = ["grouped_mm", "pairs", "padded"]
 
