@@ -56,8 +56,10 @@ gpu-check:
 	$(GPU_PYTHON) bench/gpu_check.py --out bench/results
 gpu-check-smoke:
 	$(GPU_PYTHON) bench/gpu_check.py --smoke --out bench/results/smoke
-# Binary wheels of bench/gpu_requirements.txt for the GPU machine's Python (GPU_PY), into bench/wheels/.
+# What a GPU machine call carries (bench/gpu_carry/, git-ignored, ~57 MB): binary wheels of
+# bench/gpu_requirements.txt for the GPU machine's Python (GPU_PY) and the reference fixture.
 GPU_PY ?= 3.11
 gpu-wheels:
 	$(BIN)/pip download --only-binary=:all: --python-version $(GPU_PY) --platform manylinux2014_x86_64 \
-		--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d bench/wheels -r bench/gpu_requirements.txt
+		--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d bench/gpu_carry/wheels -r bench/gpu_requirements.txt
+	rm -rf bench/gpu_carry/kimi_vl_tiny && cp -r ../shared/fixtures/kimi_vl_tiny bench/gpu_carry/kimi_vl_tiny

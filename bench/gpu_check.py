@@ -47,7 +47,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-FIXTURE = ROOT.parent / "shared" / "fixtures" / "kimi_vl_tiny"
+# The fixture beside the checkout (../shared), inside it (shared/), or carried to a GPU machine with the
+# wheels (make gpu-wheels copies it into bench/gpu_carry/).
+FIXTURES = [ROOT.parent / "shared" / "fixtures" / "kimi_vl_tiny", ROOT / "shared" / "fixtures" / "kimi_vl_tiny",
+            ROOT / "bench" / "gpu_carry" / "kimi_vl_tiny"]
+FIXTURE = next((f for f in FIXTURES if (f / "golden.safetensors").exists()), FIXTURES[0])
 BANDWIDTH = 4.8e12  # H200 HBM3e, bytes/s
 PEAK_BF16 = 989e12  # H200 SXM dense bf16 FLOP/s
 TOTAL_S = 480
