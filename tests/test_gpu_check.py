@@ -16,11 +16,11 @@ def test_smoke_runs_every_part_and_writes_the_report(tmp_path):
     if not FIXTURE.exists():
         pytest.skip("the shared fixture is absent")
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--smoke", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1500)
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     parts = report["parts"]
     assert list(parts) == ["fixture", "real", "hf", "train", "nano"]
-    bad = {k: v.get("log_tail", "")[-1500:] for k, v in parts.items() if v["status"] != "ok"}
+    bad = {k: (v["status"], v.get("log_tail", "")[-1500:]) for k, v in parts.items() if v["status"] != "ok"}
     assert not bad, bad
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {part: {r["name"]: r for r in data["rows"]} for part, data in parts.items()}
