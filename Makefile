@@ -59,3 +59,20 @@ lint:
 clean:
 	rm -rf build dist .pytest_cache bench/results *.egg-info plugins/*/build plugins/*/*.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+# The GPU check (docs/gpu.md): one prepared script, <= 8 minutes on one H200, gpu_check.json + a table
+# in bench/results/. `make gpu-check-smoke` rehearses every part on the CPU (the default tests run it too).
+# On the GPU machine there is no .venv: plain python3 with the wheels of `make gpu-wheels` installed.
+.PHONY: gpu-check gpu-check-smoke gpu-wheels
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	$(GPU_PYTHON) bench/gpu_check.py --out bench/results
+gpu-check-smoke:
+	$(GPU_PYTHON) bench/gpu_check.py --smoke --out bench/results/smoke
+# What a GPU machine call carries (bench/gpu_carry/, git-ignored, ~57 MB): binary wheels of
+# bench/gpu_requirements.txt for the GPU machine's Python (GPU_PY) and the reference fixture.
+GPU_PY ?= 3.11
+gpu-wheels:
+	$(BIN)/pip download --only-binary=:all: --python-version $(GPU_PY) --platform manylinux2014_x86_64 \
+		--platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d bench/gpu_carry/wheels -r bench/gpu_requirements.txt
+	rm -rf bench/gpu_carry/kimi_vl_tiny && cp -r ../shared/fixtures/kimi_vl_tiny bench/gpu_carry/kimi_vl_tiny

@@ -6,19 +6,27 @@ callback, and a *thinking budget*: once a thinking model has spent `thinking_bud
 its `◁think▷` block, the closing marker is forced so the model must answer (the paper's test-time
 scaling knob, Figure 13).
 
-Shape legend: B batch, T prompt length (padded), N new tokens.
+On CUDA (batch 1-64) the decode steps run as one captured CUDA graph over a preallocated latent
+cache (`StaticDecoder`): the same math as the model's own decode branch, at fixed shapes, with the
+sync-free grouped MoE, so a step costs one graph launch instead of thousands of kernel launches
+from Python. Elsewhere decoding goes through the model's forward exactly as before.
+
+Shape legend: B batch, T prompt length (padded), N new tokens, C static cache capacity, V vocab.
 """
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import torch
 
+from kvl_core.model.cache import StaticLatentCache
+from kvl_core.model.language import apply_rope_interleaved, rope_cos_sin
 from kvl_core.processor.chat import THINK_CLOSE, THINK_OPEN
-
 
 
 class TextCodec(Protocol):
@@ -89,6 +97,124 @@ def process_logits(logits: torch.Tensor, p: SamplingParams, seen: torch.Tensor |
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
+class StaticDecoder:
+    """One decode step of a DeepseekV3ForCausalLM at fixed shapes: ids [B] at rope positions [B],
+    written into cache column `slot`, -> next-token logits [B, V] fp32.
+
+    On CUDA `capture()` records the step in a CUDA graph once; each `step()` then copies three small
+    inputs and replays it. Without capture (the CPU, tests) the same code runs eagerly.
+    """
+
+    def __init__(self, lm, batch: int, capacity: int):
+        cfg = lm.config
+        w = lm.lm_head.weight
+        self.lm, self.batch, self.capacity = lm, batch, capacity
+        self.cache = StaticLatentCache(cfg.num_hidden_layers, batch, capacity, cfg.kv_lora_rank + cfg.qk_rope_head_dim,
+                                       w.dtype, w.device)
+        self.ids = torch.zeros(batch, dtype=torch.long, device=w.device)
+        self.pos = torch.zeros(batch, dtype=torch.long, device=w.device)
+        self.slot = torch.zeros(1, dtype=torch.long, device=w.device)
+        self.graph = None
+        self.logits: torch.Tensor | None = None
+
+    def __deepcopy__(self, memo):
+        # Kept on the model between generate() calls; a deep copy of the model (e.g. a frozen
+        # reference policy) starts without one rather than copying a CUDA graph.
+        return None
+
+    @torch.no_grad()
+    def capture(self) -> None:
+        """Warm up (builds absorbed and stacked weights, picks the MoE kernel) on a side stream,
+        then record one step. Leaves the cache empty."""
+        stream = torch.cuda.Stream(self.ids.device)
+        stream.wait_stream(torch.cuda.current_stream(self.ids.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._run()
+        torch.cuda.current_stream(self.ids.device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: a server's other threads may keep using CUDA while this one captures.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.logits = self._run()
+        self.cache.buf.zero_()
+        self.cache.valid.zero_()
+
+    @torch.no_grad()
+    def step(self, ids: torch.Tensor, pos: torch.Tensor, slot: int) -> torch.Tensor:
+        """Logits [B, V] for `ids` [B] at positions `pos` [B], cached in column `slot`. With a graph
+        the returned tensor is overwritten by the next step."""
+        if slot >= self.capacity:
+            raise ValueError(f"static decode cache is full ({self.capacity} positions)")
+        self.ids.copy_(ids)
+        self.pos.copy_(pos)
+        self.slot.fill_(slot)
+        if self.graph is None:
+            return self._run()
+        self.graph.replay()
+        return self.logits
+
+    def _run(self) -> torch.Tensor:
+        lm, cache = self.lm, self.cache
+        cfg = lm.config
+        cache.valid.index_fill_(1, self.slot, True)
+        visible = cache.valid[:, None, None, :]  # [B, 1, 1, C]
+        x = lm.model.embed_tokens(self.ids[:, None])  # [B, 1, Hd]
+        cos, sin = rope_cos_sin(self.pos[:, None], cfg.qk_rope_head_dim, cfg.rope_theta)
+        for i, layer in enumerate(lm.model.layers):
+            x = x + _mla_decode(layer.self_attn, layer.input_layernorm(x), cos, sin, cache.buf[i], self.slot, visible)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        return lm.lm_head(lm.model.norm(x)[:, -1]).float()
+
+
+def _mla_decode(a, x, cos, sin, buf, slot, visible):
+    """The decode branch of MLAttention (model/language.py) over a full static cache buf [B, C, R + dr]:
+    write this token's latent into column `slot`, attend in latent space to the visible columns."""
+    B = x.shape[0]
+    q = a.q_proj(x) if hasattr(a, "q_proj") else a.q_b_proj(a.q_a_layernorm(a.q_a_proj(x)))
+    q_nope, q_pe = q.view(B, 1, a.nh, -1).transpose(1, 2).split([a.dn, a.dr], dim=-1)
+    c, k_pe = a.kv_a_proj_with_mqa(x).split([a.rank, a.dr], dim=-1)
+    c = a.kv_a_layernorm(c)
+    q_pe = apply_rope_interleaved(q_pe, cos, sin)  # [B, nH, 1, dr]
+    k_pe = apply_rope_interleaved(k_pe[:, None], cos, sin)[:, 0]  # [B, 1, dr]
+    buf.index_copy_(1, slot, torch.cat([c, k_pe], dim=-1).to(buf.dtype))
+    w_uk, w_uv_t = a._absorbed_weights()
+    qf = torch.cat([torch.matmul(q_nope, w_uk), q_pe], dim=-1).reshape(B, a.nh, -1)
+    scores = torch.bmm(qf, buf.transpose(1, 2)).view(B, a.nh, 1, -1) * a.scale
+    probs = scores.masked_fill(~visible, float("-inf")).float().softmax(-1).to(buf.dtype)
+    o_lat = torch.bmm(probs.view(B, a.nh, -1), buf[..., : a.rank]).view(B, a.nh, 1, a.rank)
+    o = torch.matmul(o_lat, w_uv_t)  # [B, nH, 1, dv]
+    return a.o_proj(o.transpose(1, 2).reshape(B, 1, a.nh * a.dv))
+
+
+MAX_GRAPH_BATCH = 64
+
+
+def _static_capacity(n: int) -> int:
+    return -(-n // 256) * 256  # whole 256-column blocks, so nearby lengths share one captured graph
+
+
+def static_decoder(lm, batch: int, capacity: int, capture: bool) -> StaticDecoder:
+    """The model's StaticDecoder for (batch, >= capacity), kept on the model between calls; only the
+    latest is kept (its cache is batch x capacity x 576 values per layer)."""
+    capacity = _static_capacity(capacity)
+    dec = getattr(lm, "_kvl_static_decoder", None)
+    if dec is not None and dec.batch == batch and dec.capacity >= capacity and (dec.graph is not None) == capture:
+        return dec
+    lm._kvl_static_decoder = None
+    del dec
+    dec = StaticDecoder(lm, batch, capacity)
+    if capture:
+        dec.capture()
+    lm._kvl_static_decoder = dec
+    return dec
+
+
+def _want_static(device: torch.device, batch: int, static_decode: bool | None) -> bool:
+    if static_decode is not None:
+        return static_decode
+    return device.type == "cuda" and batch <= MAX_GRAPH_BATCH and os.environ.get("KVL_CUDA_GRAPHS", "1") != "0"
+
+
 class _RowState:
     """Per-row bookkeeping for stop strings and the thinking budget (needs a text codec)."""
 
@@ -144,12 +270,15 @@ def generate(
     codec: TextCodec | None = None,
     on_token: Callable[[int, int], None] | None = None,
     should_stop: Callable[[int, int], str | None] | None = None,
+    static_decode: bool | None = None,
 ) -> GenerationOutput:
     """Generate for a (left-padded) batch. `model` is KimiVLForConditionalGeneration or a bare
     DeepseekV3ForCausalLM (text only). `codec` (the tokenizer) is needed only for stop strings and
     the thinking budget. `on_token(row, id)` is called for every emitted token, in order.
     `should_stop(row, n_generated)` may end one row early by returning its finish reason (a server
     cancels a disconnected client's row, or caps a row below the batch's budget); the other rows go on.
+    `static_decode`: decode through a StaticDecoder (None = on CUDA for batch <= 64, captured as a
+    CUDA graph there; True on the CPU runs it eagerly, for tests).
     """
     p = params or SamplingParams()
     p.validate()
@@ -181,6 +310,23 @@ def generate(
     if pixel_values is not None:
         kwargs.update(pixel_values=pixel_values, image_grid_hws=image_grid_hws)
     logits = model(input_ids, **kwargs).logits[:, -1]
+    dec = None
+    if p.max_new_tokens > 1 and _want_static(device, B, static_decode) and \
+            (static_decode or not getattr(lm, "_kvl_graphs_failed", False)):
+        try:
+            dec = static_decoder(lm, B, T + p.max_new_tokens, capture=device.type == "cuda")
+            dec.cache.load(cache, attention_mask)
+        except (RuntimeError, torch.OutOfMemoryError) as e:
+            if static_decode:
+                raise
+            warnings.warn(f"CUDA-graph decoding unavailable ({str(e).splitlines()[0]}); decoding eagerly", stacklevel=2)
+            lm._kvl_static_decoder = dec = None
+            if not isinstance(e, torch.OutOfMemoryError):
+                lm._kvl_graphs_failed = True  # not retried for this model (a smaller batch may fit after an OOM)
+        # Next rope position of each row: its real tokens so far (left padding counts none).
+        pos = attention_mask.sum(-1) if attention_mask is not None else torch.full((B,), T, device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels run asynchronously: the prefill ends here, not at launch
     t1 = time.perf_counter()
     seen = input_ids if p.repetition_penalty != 1.0 else None
     out_cols: list[torch.Tensor] = []
@@ -214,6 +360,9 @@ def generate(
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], 1)
         # Decode steps carry no images, so they go straight to the language model.
+        if dec is not None:
+            logits = dec.step(nxt, pos + step, T + step)
+            continue
         logits = lm(nxt[:, None], attention_mask=attention_mask, past_key_values=cache, use_cache=True).logits[:, -1]
     t2 = time.perf_counter()
     new = torch.stack(out_cols, 1) if out_cols else input_ids.new_zeros(B, 0)

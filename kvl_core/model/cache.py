@@ -56,3 +56,40 @@ class LatentCache:
     def nbytes(self) -> int:
         """Bytes holding cached positions (not the spare capacity)."""
         return sum(n * b.shape[0] * b.shape[2] * b.element_size() for b, n in zip(self._buf, self._len) if b is not None)
+
+
+class StaticLatentCache:
+    """Fixed-shape latent cache for graph-captured decoding: buf [layers, B, capacity, R + Dr] and a
+    `valid` mask [B, capacity] of the columns a query may read (prompt tokens, then each decoded one).
+
+    Nothing here ever changes shape or address, so a decode step over it can be captured once and
+    replayed; the column to write is a device tensor, not a Python int.
+    """
+
+    def __init__(self, num_layers: int, batch: int, capacity: int, width: int, dtype: torch.dtype, device):
+        self.buf = torch.zeros(num_layers, batch, capacity, width, dtype=dtype, device=device)
+        self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
+
+    @property
+    def batch(self) -> int:
+        return self.buf.shape[1]
+
+    @property
+    def capacity(self) -> int:
+        return self.buf.shape[2]
+
+    def load(self, cache: LatentCache, attention_mask: torch.Tensor | None = None) -> int:
+        """Copy a prefilled dynamic cache in (its batch must match); returns the positions copied.
+        `attention_mask` [B, S] (1 = real token) marks left padding as unreadable."""
+        n = cache.seq_len
+        if n > self.capacity:
+            raise ValueError(f"static cache holds {self.capacity} positions, the prompt has {n}")
+        self.valid.zero_()
+        for i in range(self.buf.shape[0]):
+            self.buf[i, :, :n] = cache._buf[i][:, :n]
+        self.valid[:, :n] = True if attention_mask is None else attention_mask[:, -n:].bool()
+        return n
+
+    def nbytes_per_token(self) -> int:
+        """Cache bytes one position costs over all layers (one sequence)."""
+        return self.buf.shape[0] * self.buf.shape[3] * self.buf.element_size()

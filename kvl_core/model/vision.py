@@ -10,6 +10,9 @@ Notable:
     odd pairs the row (height) angle — the reference's docstring says the opposite, its code
     (which the checkpoint was trained with) does this.
   * Pre-norm blocks, tanh-GELU MLP, a final LayerNorm; the 2x2 patch merger has no weights.
+  * Attention kernel: on CUDA in bf16/fp16, several packed images go through one varlen flash
+    attention call over `cu_seqlens` (torch.nn.attention.varlen, the production kernel's
+    semantics); elsewhere (the CPU, fp32) equal-length images are batched into SDPA calls.
 
 Shape legend:
   L  packed patches over all images        N  images
@@ -92,6 +95,13 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     sum(n_i^2) rather than N * max(n_i)^2.
     """
     lens = [b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:])]
+    if len(lens) > 1 and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16) and _VARLEN_OK[0] \
+            and _varlen_attn() is not None:
+        cu = torch.tensor(cu_seqlens, dtype=torch.int32, device=q.device)
+        try:
+            return _varlen_attn()(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, max(lens), max(lens))
+        except (RuntimeError, NotImplementedError):  # no flash kernel for this GPU/build: batched SDPA below
+            _VARLEN_OK[0] = False
     if len(lens) == 1:
         return F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)).transpose(0, 1)
     out = torch.empty_like(q)
@@ -106,6 +116,19 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
         o = F.scaled_dot_product_attention(qs, ks, vs)
         out.index_copy_(0, rows, o.transpose(1, 2).flatten(0, 1))
     return out
+
+
+_VARLEN_OK = [True]
+
+
+@functools.lru_cache(maxsize=1)
+def _varlen_attn():
+    """torch.nn.attention.varlen.varlen_attn (torch >= 2.10), or None."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
 
 
 class MLP(nn.Module):
