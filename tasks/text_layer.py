@@ -1,0 +1,276 @@
+"""A PDF page's own text layer as structured markdown, no model (issue #17; tasks.md §1.1).
+
+`kvl ocr --text-layer only` and the layer pages of `--text-layer auto` come from here. From PyMuPDF's span
+dictionary (positions, sizes, fonts) the page is rebuilt in olmOCR's conventions:
+
+- tables: PyMuPDF's table finder (ruled tables), written as pipe tables, or HTML where cells span;
+- headings: blocks set clearly larger than the body size (`#`, `##`, `###` by size rank), or short bold lines;
+- lists: bullet glyphs become `- `, numbered items keep their numbers;
+- reading order: blocks sorted top to bottom, and where the page has two columns, each column band in turn
+  (full-width blocks such as titles and figures cut the page into bands);
+- a word hyphenated at a line end is joined; math is left as the layer has it;
+- running headers, footers, page numbers and rotated margin text ("Downloaded from ...") are dropped unless
+  keep_furniture: blocks in the top/bottom band of the page that are short and not larger than the body text.
+
+`judge` says whether a page's layer should be used at all (auto mode): not when it is missing, mostly
+invisible (a scan's OCR layer), garbled glyph codes, or covers little of a page that is mostly image.
+Shapes: page coordinates are PDF points, origin top-left; bbox = (x0, y0, x1, y1).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+BULLETS = "•●○◦▪■□➢►▸‣⁃∙·*-–"
+_BULLET = re.compile(rf"^\s*[{re.escape(BULLETS)}]\s+")
+_NUMBERED = re.compile(r"^\s*(?:\(?\d{1,3}[.)]|\(?[a-zA-Z][.)]|\([ivx]{1,4}\))\s+")
+_PAGE_NO = re.compile(r"^\s*(?:page\s+)?[-–]?\s*(?:\d{1,4}|[ivxlc]{1,6})\s*[-–]?(?:\s*(?:of|/)\s*\d{1,4})?\s*$", re.I)
+BAND = 0.075  # top and bottom share of the page height where running headers and footers live
+MIN_CHARS = 20
+
+
+@dataclass
+class Unit:
+    """One piece of the page in reading order: a text block (paragraph, heading, list) or a table."""
+
+    bbox: tuple[float, float, float, float]
+    md: str
+    chars: int
+    furniture: bool = False
+
+
+def _visible_spans(line: dict) -> list[dict]:
+    return [s for s in line["spans"] if s.get("alpha", 255) != 0 and s["text"].strip()]
+
+
+def _join(lines: list[str]) -> str:
+    """Lines of one paragraph as one line; a word broken by a hyphen at a line end is joined."""
+    out = ""
+    for ln in lines:
+        ln = ln.strip()
+        if not ln:
+            continue
+        if out.endswith("-") and len(out) > 1 and out[-2].isalpha() and ln[:1].islower():
+            out = out[:-1] + ln
+        else:
+            out = f"{out} {ln}" if out else ln
+    return out
+
+
+def _cell(c) -> str:
+    return re.sub(r"\s+", " ", c or "").replace("|", "\\|").strip()
+
+
+def _table_md(rows: list[list]) -> str:
+    width = max(len(r) for r in rows)
+    rows = [list(r) + [None] * (width - len(r)) for r in rows]
+    if any(c is None for r in rows for c in r):
+        return _table_html(rows)
+    head, *body = rows
+    lines = ["| " + " | ".join(_cell(c) for c in head) + " |", "|" + " --- |" * width]
+    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in body]
+    return "\n".join(lines)
+
+
+def _table_html(rows: list[list]) -> str:
+    """PyMuPDF marks a cell covered by a spanning neighbour as None: fold those into colspan/rowspan."""
+    import html
+
+    n_rows, n_cols = len(rows), len(rows[0])
+    covered = [[False] * n_cols for _ in rows]
+    out = ["<table>"]
+    for i, r in enumerate(rows):
+        cells = []
+        for j, c in enumerate(r):
+            if covered[i][j] or (c is None and not (j == 0 and i == 0)):
+                if not covered[i][j]:
+                    cells.append("<td></td>")  # a None with no spanning owner: an empty cell
+                continue
+            cs = 1
+            while j + cs < n_cols and rows[i][j + cs] is None and not covered[i][j + cs]:
+                cs += 1
+            rs = 1
+            while i + rs < n_rows and all(rows[i + rs][k] is None for k in range(j, j + cs)):
+                rs += 1
+            for a in range(i, i + rs):
+                for b in range(j, j + cs):
+                    covered[a][b] = True
+            attrs = (f' colspan="{cs}"' if cs > 1 else "") + (f' rowspan="{rs}"' if rs > 1 else "")
+            tag = "th" if i == 0 else "td"
+            body = html.escape(re.sub(r"\s+", " ", c or "").strip())
+            cells.append(f"<{tag}{attrs}>{body}</{tag}>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _inside(b, r, slack: float = 2.0) -> bool:
+    cx, cy = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+    return r[0] - slack <= cx <= r[2] + slack and r[1] - slack <= cy <= r[3] + slack
+
+
+def _tables(page) -> list[tuple[tuple, str]]:
+    try:
+        found = page.find_tables()
+    except Exception:  # noqa: BLE001 -- a table finder failure must not lose the page's text
+        return []
+    out = []
+    for t in found.tables:
+        try:
+            rows = t.extract()
+        except Exception:  # noqa: BLE001
+            continue
+        rows = [r for r in rows if any((c or "").strip() for c in r)]
+        if len(rows) < 2 or max(len(r) for r in rows) < 2:
+            continue  # a ruled box around text, not a table
+        out.append((tuple(t.bbox), _table_md(rows)))
+    return out
+
+
+def _order(units: list[Unit], width: float) -> list[Unit]:
+    """Reading order: top to bottom, column by column inside each band between full-width units."""
+    mid, gap = width / 2, width * 0.03
+    side = {}
+    for u in units:
+        x0, _, x1, _ = u.bbox
+        side[id(u)] = "L" if x1 <= mid + gap else "R" if x0 >= mid - gap else "F"
+    left = sum(u.chars for u in units if side[id(u)] == "L")
+    right = sum(u.chars for u in units if side[id(u)] == "R")
+    total = sum(u.chars for u in units) or 1
+    by_y = sorted(units, key=lambda u: (round(u.bbox[1]), u.bbox[0]))
+    if left < 0.15 * total or right < 0.15 * total:
+        return by_y
+    out, band = [], []
+
+    def flush():
+        band.sort(key=lambda u: (side[id(u)] != "L", u.bbox[1], u.bbox[0]))
+        out.extend(band)
+        band.clear()
+
+    for u in by_y:
+        if side[id(u)] == "F":
+            flush()
+            out.append(u)
+        else:
+            band.append(u)
+    flush()
+    return out
+
+
+def _block_units(block: dict, body: float, heading_sizes: list[float], page_h: float) -> list[Unit]:
+    """A text block -> paragraph / heading / list units (a block may mix a heading and its text)."""
+    lines = []
+    for ln in block["lines"]:
+        d = ln.get("dir", (1, 0))
+        spans = _visible_spans(ln)
+        if not spans:
+            continue
+        text = "".join(s["text"] for s in ln["spans"] if s.get("alpha", 255) != 0)
+        size = max(s["size"] for s in spans)
+        bold = all(s["flags"] & 16 or "bold" in s["font"].lower() for s in spans)
+        lines.append({"text": text, "size": round(size, 1), "bold": bold, "bbox": ln["bbox"],
+                      "rotated": abs(d[1]) > 0.1})
+    if not lines:
+        return []
+    # Split where the size changes (heading over its paragraph) or a list item starts.
+    groups: list[list[dict]] = []
+    for ln in lines:
+        g = groups[-1] if groups else None
+        if g is None or abs(ln["size"] - g[-1]["size"]) > 0.6 or ln["bold"] != g[-1]["bold"] and \
+                (ln["bold"] or g[-1]["bold"]) and len(g[-1]["text"]) < 80 or \
+                _BULLET.match(ln["text"]) or (_NUMBERED.match(ln["text"]) and len(g) > 0 and g[0]["text"][:1].isdigit()
+                                              and _NUMBERED.match(g[0]["text"])):
+            groups.append([ln])
+        else:
+            g.append(ln)
+    units = []
+    for g in groups:
+        text = _join([ln["text"] for ln in g])
+        if not text:
+            continue
+        bbox = (min(ln["bbox"][0] for ln in g), min(ln["bbox"][1] for ln in g),
+                max(ln["bbox"][2] for ln in g), max(ln["bbox"][3] for ln in g))
+        size, bold = g[0]["size"], all(ln["bold"] for ln in g)
+        md = text
+        if m := _BULLET.match(text):
+            md = "- " + text[m.end():]
+        elif _NUMBERED.match(text):
+            md = text
+        elif size >= body * 1.18 and len(text) < 200 and body > 0:
+            level = 1 + min(2, sum(1 for s in heading_sizes if s > size + 0.3))
+            md = "#" * level + " " + text
+        elif bold and len(text) < 100 and len(g) <= 2 and not text.endswith((".", ",", ":", ";")) \
+                and len(text.split()) >= 1 and not text.replace(" ", "").isdigit():
+            md = "#" * min(3, 2 + min(1, len([s for s in heading_sizes if s > size]))) + " " + text
+        rotated = any(ln["rotated"] for ln in g)
+        top, bottom = bbox[3] <= page_h * BAND, bbox[1] >= page_h * (1 - BAND)
+        furniture = rotated or ((top or bottom) and len(text) < 150 and size <= body * 1.1) or \
+            (bool(_PAGE_NO.match(text)) and (bbox[3] <= page_h * 0.12 or bbox[1] >= page_h * 0.88))
+        units.append(Unit(bbox, md, len(text), furniture))
+    return units
+
+
+def page_markdown(page, keep_furniture: bool = False) -> str:
+    """One pymupdf page's text layer as markdown (see the module docstring)."""
+    d = page.get_text("dict", flags=_flags())
+    w, h = page.rect.width, page.rect.height
+    blocks = [b for b in d["blocks"] if b.get("type", 0) == 0]
+    sizes: Counter = Counter()
+    for b in blocks:
+        for ln in b["lines"]:
+            for s in _visible_spans(ln):
+                sizes[round(s["size"], 1)] += len(s["text"].strip())
+    body = sizes.most_common(1)[0][0] if sizes else 0.0
+    heading_sizes = sorted({s for s, n in sizes.items() if s >= body * 1.18 and n >= 3}, reverse=True)
+    tables = _tables(page) if blocks else []
+    units: list[Unit] = [Unit(bb, md, len(md)) for bb, md in tables]
+    for b in blocks:
+        for u in _block_units(b, body, heading_sizes, h):
+            if any(_inside(u.bbox, bb) for bb, _ in tables):
+                continue  # text that the table already holds
+            if u.furniture and not keep_furniture:
+                continue
+            units.append(u)
+    return "\n\n".join(u.md for u in _order(units, w)).strip()
+
+
+def _flags() -> int:
+    import pymupdf
+
+    # Ligatures as letters, no images; MEDIABOX_CLIP drops text placed off the page.
+    return pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_MEDIABOX_CLIP
+
+
+def judge(page) -> tuple[bool, str]:
+    """(use the text layer?, why) for `--text-layer auto`."""
+    d = page.get_text("dict", flags=_flags())
+    visible = invisible = junk = 0
+    for b in d["blocks"]:
+        if b.get("type", 0) != 0:
+            continue
+        for ln in b["lines"]:
+            for s in ln["spans"]:
+                chars = [c for c in s["text"] if not c.isspace()]
+                if s.get("alpha", 255) == 0:
+                    invisible += len(chars)
+                else:
+                    visible += len(chars)
+                    junk += sum(1 for c in chars if c == "\ufffd" or ord(c) < 32 or 0xE000 <= ord(c) <= 0xF8FF)
+    area = max(page.rect.width * page.rect.height, 1.0)
+    try:
+        img_area = sum(max(0.0, (i["bbox"][2] - i["bbox"][0]) * (i["bbox"][3] - i["bbox"][1]))
+                       for i in page.get_image_info())
+    except Exception:  # noqa: BLE001
+        img_area = 0.0
+    img_share = min(1.0, img_area / area)
+    if visible + invisible < MIN_CHARS:
+        return False, "no text layer" + (" (an image page)" if img_share > 0.3 else "")
+    if invisible > visible:
+        return False, f"invisible text over an image ({invisible} of {visible + invisible} characters): a scan's OCR layer"
+    if junk / max(visible, 1) >= 0.1:
+        return False, f"garbled glyph codes ({junk} of {visible} characters unreadable)"
+    if img_share > 0.5 and visible < 300:
+        return False, f"images cover {img_share:.0%} of the page and the layer has only {visible} characters"
+    return True, f"usable text layer ({visible} characters)"
