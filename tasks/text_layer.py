@@ -91,13 +91,11 @@ def _table_html(rows: list[list]) -> str:
             cs = 1
             while j + cs < n_cols and rows[i][j + cs] is None and not covered[i][j + cs]:
                 cs += 1
-            rs = 1
-            while i + rs < n_rows and all(rows[i + rs][k] is None for k in range(j, j + cs)):
-                rs += 1
-            for a in range(i, i + rs):
-                for b in range(j, j + cs):
-                    covered[a][b] = True
-            attrs = (f' colspan="{cs}"' if cs > 1 else "") + (f' rowspan="{rs}"' if rs > 1 else "")
+            for b in range(j, j + cs):
+                covered[i][b] = True
+            # No rowspan: PyMuPDF also gives None for cells of a section row that has fewer dividers, and
+            # spanning those down would copy values into rows where they do not stand.
+            attrs = f' colspan="{cs}"' if cs > 1 else ""
             tag = "th" if i == 0 else "td"
             body = html.escape(re.sub(r"\s+", " ", c or "").strip())
             cells.append(f"<{tag}{attrs}>{body}</{tag}>")
@@ -111,22 +109,86 @@ def _inside(b, r, slack: float = 2.0) -> bool:
     return r[0] - slack <= cx <= r[2] + slack and r[1] - slack <= cy <= r[3] + slack
 
 
-def _tables(page) -> list[tuple[tuple, str]]:
-    try:
-        found = page.find_tables()
-    except Exception:  # noqa: BLE001 -- a table finder failure must not lose the page's text
-        return []
+def _cell_text(spans: list[tuple], bbox) -> str:
+    """The spans whose centre lies in a cell, in line order. PyMuPDF's own extract() re-reads characters
+    and loses some (a decimal point drawn apart: 3.71T came out "371T ."); the span text keeps them."""
+    if bbox is None:
+        return None
+    inside = [s for s in spans if _inside(s[0], bbox, 0.5)]
+    inside.sort(key=lambda s: (round(s[0][3] / 3), s[0][0]))
+    return _join([s[1] for s in inside]) if inside else ""
+
+
+_NUM = re.compile(r"^[-+$€£(]*\s*[\d.,]+\s*[%)MBKTx]*$")
+
+
+def _header_above(spans: list[tuple], cols: list[tuple[float, float]], top: float, lh: float) -> list[list[str]]:
+    """Header rows set above a table's first ruling (booktabs): the lines just above whose spans fall in the
+    table's columns. Returned top row first."""
+    rows: list[list[str]] = []
+    y = top
+    for _ in range(3):
+        band = [s for s in spans if y - 1.6 * lh <= s[0][3] <= y + 1 and s[0][1] < y - 1]
+        if not band:
+            break
+        hits = [[] for _ in cols]
+        for s in band:
+            cx = (s[0][0] + s[0][2]) / 2
+            k = next((k for k, (a, b) in enumerate(cols) if a - 2 <= cx <= b + 2), None)
+            if k is None:
+                return rows[::-1]  # text outside the columns: a caption or prose, not a header
+            hits[k].append(s)
+        if sum(1 for h in hits if h) < 2:
+            break
+        rows.append([_join([t for _, t in sorted(h, key=lambda s: s[0][0])]) for h in hits])
+        y = min(s[0][1] for s in band)
+    return rows[::-1]
+
+
+def _tables(page, spans: list[tuple]) -> list[tuple[tuple, str]]:
     out = []
-    for t in found.tables:
+    for strategy in ("lines", "text"):
         try:
-            rows = t.extract()
-        except Exception:  # noqa: BLE001
+            found = page.find_tables(strategy=strategy)
+        except Exception:  # noqa: BLE001 -- a table finder failure must not lose the page's text
             continue
-        rows = [r for r in rows if any((c or "").strip() for c in r)]
-        if len(rows) < 2 or max(len(r) for r in rows) < 2:
-            continue  # a ruled box around text, not a table
-        out.append((tuple(t.bbox), _table_md(rows)))
+        for t in found.tables:
+            try:
+                rows = [[_cell_text(spans, c) for c in r.cells] for r in t.rows]
+                bbox = tuple(t.bbox)
+                cells = [c for r in t.rows for c in r.cells if c is not None]
+            except Exception:  # noqa: BLE001
+                continue
+            width = max(len(r) for r in rows) if rows else 0
+            # Column extents from the rows that have every divider (a spanning row would widen a column).
+            full = [r.cells for r in t.rows if len(r.cells) == width and all(c is not None for c in r.cells)]
+            cols = [(min(c[k][0] for c in full), max(c[k][2] for c in full)) for k in range(width)] if full else []
+            lh = min((c[3] - c[1] for c in cells), default=10.0)
+            head = _header_above(spans, cols, bbox[1], max(6.0, min(lh, 14.0))) if cols else []
+            if head:
+                rows = head + rows
+                hy = min(s[0][1] for s in spans if s[0][3] <= bbox[1] + 1 and s[0][3] >= bbox[1] - 1.6 * lh * len(head) - 1)
+                bbox = (bbox[0], min(bbox[1], hy), bbox[2], bbox[3])
+            rows = [r for r in rows if any((c or "").strip() for c in r)]
+            keep = [k for k in range(width) if any(k < len(r) and (r[k] or "").strip() for r in rows)]
+            rows = [[r[k] if k < len(r) else "" for k in keep] for r in rows]
+            if len(rows) < 2 or len(keep) < 2:
+                continue  # a ruled box around text, not a table
+            if strategy == "text":
+                # Whitespace-aligned tables are found among prose too: keep only number-filled grids.
+                vals = [c for r in rows for c in r if (c or "").strip()]
+                if len(rows) < 3 or len(keep) < 3 or sum(bool(_NUM.match(c)) for c in vals) < 0.3 * len(vals):
+                    continue
+                if any(_overlap(bbox, b) for b, _ in out):
+                    continue
+            out.append((bbox, _table_md(rows)))
+        if out:
+            break
     return out
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _order(units: list[Unit], width: float) -> list[Unit]:
@@ -224,7 +286,8 @@ def page_markdown(page, keep_furniture: bool = False) -> str:
                 sizes[round(s["size"], 1)] += len(s["text"].strip())
     body = sizes.most_common(1)[0][0] if sizes else 0.0
     heading_sizes = sorted({s for s, n in sizes.items() if s >= body * 1.18 and n >= 3}, reverse=True)
-    tables = _tables(page) if blocks else []
+    spans = [(s["bbox"], s["text"]) for b in blocks for ln in b["lines"] for s in _visible_spans(ln)]
+    tables = _tables(page, spans) if blocks else []
     units: list[Unit] = [Unit(bb, md, len(md)) for bb, md in tables]
     for b in blocks:
         for u in _block_units(b, body, heading_sizes, h):
