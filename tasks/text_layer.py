@@ -29,6 +29,8 @@ _NUMBERED = re.compile(r"^\s*(?:\(?\d{1,3}[.)]|\(?[a-zA-Z][.)]|\([ivx]{1,4}\))\s
 _PAGE_NO = re.compile(r"^\s*(?:page\s+)?[-–]?\s*(?:\d{1,4}|[ivxlc]{1,6})\s*[-–]?(?:\s*(?:of|/)\s*\d{1,4})?\s*$", re.I)
 BAND = 0.075  # top and bottom share of the page height where running headers and footers live
 MIN_CHARS = 20
+_LEADER = re.compile(r"^[\s.·…_\-–—]{6,}$")
+_ENDS = (".", "!", "?", ":", ";", '"', "”", ")", "]")
 
 
 @dataclass
@@ -39,6 +41,8 @@ class Unit:
     md: str
     chars: int
     furniture: bool = False
+    kind: str = "p"  # p (paragraph) | h (heading) | li (list item) | table
+    text: str = ""  # the plain text of a p/h unit, for joining across column and page breaks
 
 
 def _visible_spans(line: dict) -> list[dict]:
@@ -49,7 +53,8 @@ def _join(lines: list[str]) -> str:
     """Lines of one paragraph as one line; a word broken by a hyphen at a line end is joined."""
     out = ""
     for ln in lines:
-        ln = ln.strip()
+        # Two single quotes set as a double one (TeX's ``...''): the reader sees a double quote.
+        ln = ln.strip().replace("‘‘", "“").replace("’’", "”").replace("``", "“").replace("''", "”")
         if not ln:
             continue
         if out.endswith("-") and len(out) > 1 and out[-2].isalpha() and ln[:1].islower():
@@ -255,22 +260,27 @@ def _block_units(block: dict, body: float, heading_sizes: list[float], page_h: f
         bbox = (min(ln["bbox"][0] for ln in g), min(ln["bbox"][1] for ln in g),
                 max(ln["bbox"][2] for ln in g), max(ln["bbox"][3] for ln in g))
         size, bold = g[0]["size"], all(ln["bold"] for ln in g)
-        md = text
+        if _LEADER.match(text):
+            continue  # a dotted rule or leader: decoration, not text
+        md, kind = text, "p"
         if m := _BULLET.match(text):
-            md = "- " + text[m.end():]
+            md, kind = "- " + text[m.end():], "li"
         elif _NUMBERED.match(text):
-            md = text
+            kind = "li"
         elif size >= body * 1.18 and len(text) < 200 and body > 0:
             level = 1 + min(2, sum(1 for s in heading_sizes if s > size + 0.3))
-            md = "#" * level + " " + text
+            md, kind = "#" * level + " " + text, "h"
         elif bold and len(text) < 100 and len(g) <= 2 and not text.endswith((".", ",", ":", ";")) \
-                and len(text.split()) >= 1 and not text.replace(" ", "").isdigit():
-            md = "#" * min(3, 2 + min(1, len([s for s in heading_sizes if s > size]))) + " " + text
+                and not text.replace(" ", "").isdigit():
+            md, kind = "#" * min(3, 2 + min(1, len([s for s in heading_sizes if s > size]))) + " " + text, "h"
         rotated = any(ln["rotated"] for ln in g)
         top, bottom = bbox[3] <= page_h * BAND, bbox[1] >= page_h * (1 - BAND)
-        furniture = rotated or ((top or bottom) and len(text) < 150 and size <= body * 1.1) or \
-            (bool(_PAGE_NO.match(text)) and (bbox[3] <= page_h * 0.12 or bbox[1] >= page_h * 0.88))
-        units.append(Unit(bbox, md, len(text), furniture))
+        # Titles sit near the top and are large: there only text no larger than the body counts; at the
+        # bottom a short line in the last eighth ("NETS 2015", a journal name) is a footer too.
+        furniture = rotated or (top and len(text) < 150 and size <= body * 1.1) or (bottom and len(text) < 150) \
+            or (bbox[1] >= page_h * 0.88 and len(text) < 40 and size <= body * 1.1) \
+            or (bool(_PAGE_NO.match(text)) and (bbox[3] <= page_h * 0.12 or bbox[1] >= page_h * 0.88))
+        units.append(Unit(bbox, md, len(text), furniture, kind, text))
     return units
 
 
@@ -288,7 +298,7 @@ def page_markdown(page, keep_furniture: bool = False) -> str:
     heading_sizes = sorted({s for s, n in sizes.items() if s >= body * 1.18 and n >= 3}, reverse=True)
     spans = [(s["bbox"], s["text"]) for b in blocks for ln in b["lines"] for s in _visible_spans(ln)]
     tables = _tables(page, spans) if blocks else []
-    units: list[Unit] = [Unit(bb, md, len(md)) for bb, md in tables]
+    units: list[Unit] = [Unit(bb, md, len(md), kind="table") for bb, md in tables]
     for b in blocks:
         for u in _block_units(b, body, heading_sizes, h):
             if any(_inside(u.bbox, bb) for bb, _ in tables):
@@ -296,7 +306,25 @@ def page_markdown(page, keep_furniture: bool = False) -> str:
             if u.furniture and not keep_furniture:
                 continue
             units.append(u)
-    return "\n\n".join(u.md for u in _order(units, w)).strip()
+    return "\n\n".join(u.md for u in _stitch(_order(units, w))).strip()
+
+
+def _stitch(units: list[Unit]) -> list[Unit]:
+    """Join what the layout split: a drop capital with the rest of its word, and a paragraph that runs on
+    from the foot of one column to the head of the next (it ends mid-sentence, the next starts lowercase)."""
+    out: list[Unit] = []
+    for u in units:
+        prev = out[-1] if out else None
+        if prev is not None and u.kind == "p" and u.text[:1].islower():
+            if prev.kind == "h" and len(prev.text) == 1 and prev.text.isupper():
+                out[-1] = Unit(prev.bbox, prev.text + u.text, u.chars + 1, False, "p", prev.text + u.text)
+                continue
+            if prev.kind == "p" and not prev.text.endswith(_ENDS):
+                text = _join([prev.text, u.text])
+                out[-1] = Unit(prev.bbox, text, len(text), False, "p", text)
+                continue
+        out.append(u)
+    return out
 
 
 def _flags() -> int:
