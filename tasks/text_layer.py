@@ -152,14 +152,19 @@ def _header_above(spans: list[tuple], cols: list[tuple[float, float]], top: floa
 
 def _tables(page, spans: list[tuple]) -> list[tuple[tuple, str]]:
     out = []
-    for strategy in ("lines", "text"):
+    for strategy, clip in (("lines", _ruled_area(page)), ("text", _numeric_area(spans, page.rect.width))):
+        if clip is None:
+            continue  # the table finder is the slow part of a page (seconds): run it only where one can be
         try:
-            found = page.find_tables(strategy=strategy)
+            # use_layout=False: PyMuPDF would otherwise gate tables with its ONNX layout model, and this
+            # path promises no model (it was also no faster and no better on olmOCR-Bench).
+            found = page.find_tables(clip=clip, strategy=strategy, use_layout=False)
         except Exception:  # noqa: BLE001 -- a table finder failure must not lose the page's text
             continue
         for t in found.tables:
             try:
-                rows = [[_cell_text(spans, c) for c in r.cells] for r in t.rows]
+                near = [sp for sp in spans if _overlap(sp[0], t.bbox) or _overlap(sp[0], (t.bbox[0], t.bbox[1] - 60, t.bbox[2], t.bbox[1]))]
+                rows = [[_cell_text(near, c) for c in r.cells] for r in t.rows]
                 bbox = tuple(t.bbox)
                 cells = [c for r in t.rows for c in r.cells if c is not None]
             except Exception:  # noqa: BLE001
@@ -190,6 +195,48 @@ def _tables(page, spans: list[tuple]) -> list[tuple[tuple, str]]:
         if out:
             break
     return out
+
+
+def _ruled_area(page):
+    """The box around the page's horizontal and vertical rules, or None with fewer than two (no ruled table)."""
+    import pymupdf
+
+    try:
+        paths = page.get_drawings()
+    except Exception:  # noqa: BLE001
+        return None
+    rules = []
+    for p in paths:
+        for it in p.get("items", ()):
+            if it[0] == "l":
+                a, b = it[1], it[2]
+                if (abs(a.y - b.y) < 1 or abs(a.x - b.x) < 1) and max(abs(a.x - b.x), abs(a.y - b.y)) >= 15:
+                    rules.append(pymupdf.Rect(min(a.x, b.x), min(a.y, b.y), max(a.x, b.x), max(a.y, b.y)))
+            elif it[0] == "re":
+                r = it[1]
+                # a cell, or a rule drawn as a thin box; not a page frame or a coloured panel
+                if (r.width >= 15 or r.height >= 15) and r.width * r.height < 0.1 * page.rect.width * page.rect.height:
+                    rules.append(pymupdf.Rect(r))
+    if len(rules) < 2:
+        return None
+    # min/max by hand: a rule is a zero-height rect, and Rect union ignores empty rects
+    return pymupdf.Rect(min(r.x0 for r in rules) - 5, min(r.y0 for r in rules) - 5,
+                        max(r.x1 for r in rules) + 5, max(r.y1 for r in rules) + 5)
+
+
+def _numeric_area(spans: list[tuple], width: float):
+    """The band of the page holding three or more rows with three or more numbers each (a table laid out by
+    whitespace alone), or None."""
+    rows: dict[int, list] = {}
+    for bb, t in spans:
+        if _NUM.match(t.strip()):
+            rows.setdefault(round((bb[1] + bb[3]) / 6), []).append(bb)
+    hits = [v for v in rows.values() if len({round(b[0] / 20) for b in v}) >= 3]
+    if len(hits) < 3:
+        return None
+    y0 = min(b[1] for v in hits for b in v)
+    y1 = max(b[3] for v in hits for b in v)
+    return (0, max(0.0, y0 - 60), width, y1 + 5)
 
 
 def _overlap(a, b) -> bool:
