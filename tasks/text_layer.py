@@ -127,25 +127,33 @@ def _cell_text(spans: list[tuple], bbox) -> str:
 _NUM = re.compile(r"^[-+$€£(]*\s*[\d.,]+\s*[%)MBKTx]*$")
 
 
-def _header_above(spans: list[tuple], cols: list[tuple[float, float]], top: float, lh: float) -> list[list[str]]:
+def _header_above(spans: list[tuple], cols: list[tuple[float, float]], top: float, lh: float) -> list[list]:
     """Header rows set above a table's first ruling (booktabs): the lines just above whose spans fall in the
-    table's columns. Returned top row first."""
-    rows: list[list[str]] = []
+    table's columns. A span over several columns ("Year Ended" over three years) spans them (None = covered
+    by the cell to its left, as PyMuPDF marks it). Returned top row first."""
+    rows: list[list] = []
     y = top
     for _ in range(3):
         band = [s for s in spans if y - 1.6 * lh <= s[0][3] <= y + 1 and s[0][1] < y - 1]
         if not band:
             break
-        hits = [[] for _ in cols]
-        for s in band:
-            cx = (s[0][0] + s[0][2]) / 2
-            k = next((k for k, (a, b) in enumerate(cols) if a - 2 <= cx <= b + 2), None)
-            if k is None:
+        starts: dict[int, list] = {}
+        ends: dict[int, int] = {}
+        for s in sorted(band, key=lambda s: s[0][0]):
+            over = [k for k, (a, b) in enumerate(cols) if s[0][0] < b - 1 and s[0][2] > a + 1]
+            if not over:
                 return rows[::-1]  # text outside the columns: a caption or prose, not a header
-            hits[k].append(s)
-        if sum(1 for h in hits if h) < 2:
-            break
-        rows.append([_join([t for _, t in sorted(h, key=lambda s: s[0][0])]) for h in hits])
+            starts.setdefault(over[0], []).append(s[1])
+            ends[over[0]] = max(ends.get(over[0], over[0]), over[-1])
+        if len(starts) < 2 and not rows:
+            break  # one lone line above a table is its caption more often than its header
+        row: list = [""] * len(cols)
+        for k, texts in starts.items():
+            row[k] = _join(texts)
+            for j in range(k + 1, ends[k] + 1):
+                if j not in starts and row[j] == "":
+                    row[j] = None
+        rows.append(row)
         y = min(s[0][1] for s in band)
     return rows[::-1]
 
