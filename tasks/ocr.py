@@ -6,9 +6,10 @@ stream: one page (or one --batch-size group) is in memory at a time, and outputs
 complete into `<out>.partial`, renamed to `<out>` only when the whole document succeeded, so an interrupted
 or failed run keeps its finished pages and a re-run redoes exactly the incomplete files.
 
-`--text-layer`: `never` sends only pixels; `auto` (default) adds a PDF page's own text layer to the prompt as
-a hint when the page has a usable one (scans go to the model with pixels only); `only` returns the text
-layer itself and never loads a model.
+`--text-layer`: `never` sends only pixels; `auto` (default) decides per page: a page with a usable text layer
+is converted from the layer (text_layer.page_markdown, no model), any other page goes to the model, with
+its layer text (an OCR layer) as a hint if it has one; `only` converts every page from its layer and never
+loads a model. Each PageResult says which path it took and why (`reason`).
 """
 
 from __future__ import annotations
@@ -273,7 +274,7 @@ def ocr(
     pages: Annotated[Optional[str], typer.Option(help="Pages to read, e.g. 1-3,7,10- (default: all).")] = None,
     dpi: Annotated[Optional[float], typer.Option(help="Render PDFs at this DPI (default: what fills the model's image budget).")] = None,
     text_layer: Annotated[TextLayer, typer.Option(
-        "--text-layer", help="PDF text layer: auto = a hint where usable, only = return it (no model), never.")] = TextLayer.auto,
+        "--text-layer", help="PDF text layer: auto = per page, the layer where usable, else the model; only = the layer (no model); never.")] = TextLayer.auto,
     keep_furniture: Annotated[bool, typer.Option("--keep-furniture", help="Keep running headers, footers, page numbers.")] = False,
     password: Annotated[Optional[str], typer.Option(help="Password of encrypted PDFs.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite outputs that already exist.")] = False,
