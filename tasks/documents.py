@@ -177,6 +177,12 @@ class Document:
     def text(self, number: int) -> str:
         return ""
 
+    def markdown(self, number: int, keep_furniture: bool = False) -> str:
+        return ""
+
+    def layer_verdict(self, number: int) -> tuple[bool, str]:
+        return False, "an image: no text layer"
+
     def render(self, number: int, dpi: float | None = None, with_text: bool = False) -> Page:
         raise NotImplementedError
 
@@ -233,6 +239,28 @@ class PdfDocument(Document):
             return "\n\n".join(b[4].strip() for b in blocks if b[6] == 0 and b[4].strip())
         except Exception as e:
             raise KvlError(f"{self.label}: page {number}: text layer cannot be read ({_msg(e)})") from None
+
+    def markdown(self, number: int, keep_furniture: bool = False) -> str:
+        """The page's text layer as structured markdown (tables, headings, lists, columns; text_layer.py)."""
+        from kvl_tasks.text_layer import page_markdown
+
+        try:
+            return page_markdown(self._page(number), keep_furniture)
+        except KvlError:
+            raise
+        except Exception as e:
+            raise KvlError(f"{self.label}: page {number}: text layer cannot be read ({_msg(e)})") from None
+
+    def layer_verdict(self, number: int) -> tuple[bool, str]:
+        """(take this page from its text layer?, why) for `--text-layer auto`."""
+        from kvl_tasks.text_layer import judge
+
+        try:
+            return judge(self._page(number))
+        except KvlError:
+            raise
+        except Exception as e:
+            return False, f"text layer cannot be read ({_msg(e)})"
 
     def render(self, number: int, dpi: float | None = None, with_text: bool = False) -> Page:
         import pymupdf

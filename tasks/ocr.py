@@ -6,9 +6,10 @@ stream: one page (or one --batch-size group) is in memory at a time, and outputs
 complete into `<out>.partial`, renamed to `<out>` only when the whole document succeeded, so an interrupted
 or failed run keeps its finished pages and a re-run redoes exactly the incomplete files.
 
-`--text-layer`: `never` sends only pixels; `auto` (default) adds a PDF page's own text layer to the prompt as
-a hint when the page has a usable one (scans go to the model with pixels only); `only` returns the text
-layer itself and never loads a model.
+`--text-layer`: `never` sends only pixels; `auto` (default) decides per page: a page with a usable text layer
+is converted from the layer (text_layer.page_markdown, no model), any other page goes to the model, with
+its layer text (an OCR layer) as a hint if it has one; `only` converts every page from its layer and never
+loads a model. Each PageResult says which path it took and why (`reason`).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class PageResult:
     hint_tokens: int = 0
     finish_reason: str = "stop"
     warnings: list[str] = field(default_factory=list)
+    reason: str = ""  # why this page took its path (text layer or model)
 
 
 def build_prompt(keep_furniture: bool) -> str:
@@ -85,38 +87,37 @@ def page_messages(engine: Any, page: D.Page, opts: OcrOptions, hint: str) -> tup
     return msgs, len(proc.tokenizer.encode(hint))
 
 
+def layer_page(doc: D.Document, n: int, opts: OcrOptions, reason: str, warn: list[str]) -> PageResult:
+    """One page converted from its own text layer (text_layer.page_markdown), no model."""
+    t0 = time.perf_counter()
+    w, h = doc.size_pt(n)
+    clean, _ = clean_page(doc.markdown(n, opts.keep_furniture), opts.keep_furniture)
+    return PageResult(n, [round(w), round(h)], 72.0, clean, 0, 0, time.perf_counter() - t0, "text-layer",
+                      warnings=warn, reason=reason)
+
+
 def ocr_pages(engine: Any, doc: D.Document, numbers: list[int], opts: OcrOptions) -> Iterator[PageResult]:
     """OCR the given pages of an open document, one result per page, in order."""
     if opts.text_layer == "only":
         if doc.kind != "pdf":
             raise KvlError(f"{doc.label}: --text-layer only needs a PDF; an image has no text layer")
         for n in numbers:
-            t0 = time.perf_counter()
-            text = doc.text(n)
-            w, h = doc.size_pt(n)
-            warn = [] if D.usable_text(text) else [f"page {n} has no usable text layer (a scan?)"]
-            clean, _ = clean_page(text, opts.keep_furniture)
-            yield PageResult(n, [round(w), round(h)], 72.0, clean, 0, 0, time.perf_counter() - t0, "text-layer",
-                             warnings=warn)
+            ok, why = doc.layer_verdict(n)
+            warn = [] if ok else [f"page {n} has no usable text layer: {why}"]
+            yield layer_page(doc, n, opts, "--text-layer only", warn)
         return
     limit, patch = engine.processor.image_processor.in_token_limit, engine.processor.image_processor.patch_size
-    group: list[tuple[D.Page, list[dict], int, float]] = []
-    for i, n in enumerate(numbers):
-        t0 = time.perf_counter()
-        page = doc.render(n, D.page_dpi(doc, n, limit, patch, opts.dpi), with_text=opts.text_layer == "auto")
-        hint = page.text if opts.text_layer == "auto" and D.usable_text(page.text) else ""
-        msgs, hint_tokens = page_messages(engine, page, opts, hint)
-        group.append((page, msgs, hint_tokens, time.perf_counter() - t0))
-        if len(group) < max(1, opts.batch_size) and i < len(numbers) - 1:
-            continue
+    group: list[tuple[D.Page, list[dict], int, float, str]] = []
+
+    def generate() -> Iterator[PageResult]:
         t1 = time.perf_counter()
         try:
-            replies = engine.chat_batch([m for _, m, _, _ in group], max_new_tokens=opts.max_new_tokens,
+            replies = engine.chat_batch([m for _, m, _, _, _ in group], max_new_tokens=opts.max_new_tokens,
                                         temperature=opts.temperature)
         except KvlError as e:
             raise KvlError(f"{doc.label}: page {group[0][0].number}: {e}") from None
         share = (time.perf_counter() - t1) / len(group)
-        for (pg, _, hint_tokens, render_s), reply in zip(group, replies):
+        for (pg, _, hint_tokens, render_s, why), reply in zip(group, replies):
             text, truncated = clean_page(reply.text, opts.keep_furniture)
             warn = []
             if truncated:
@@ -125,8 +126,29 @@ def ocr_pages(engine: Any, doc: D.Document, numbers: list[int], opts: OcrOptions
                 warn.append(f"page {pg.number}: stopped at the token limit; the page may be cut off")
             yield PageResult(pg.number, list(pg.size), pg.dpi, text, reply.completion_tokens,
                              engine.processor.image_processor.plan(*pg.size).tokens, render_s + share, "model",
-                             hint_tokens, reply.finish_reason, warn)
-        group = []
+                             hint_tokens, reply.finish_reason, warn, why)
+        group.clear()
+
+    for i, n in enumerate(numbers):
+        why = "--text-layer never" if opts.text_layer == "never" else ""
+        if opts.text_layer == "auto":
+            # A page whose layer is its text is converted from the layer, with no model; only image pages
+            # (scans, invisible OCR layers, garbled glyph codes) reach the model.
+            ok, why = doc.layer_verdict(n)
+            if ok:
+                if group:
+                    yield from generate()  # earlier model pages first: output stays in page order
+                yield layer_page(doc, n, opts, why, [])
+                continue
+        t0 = time.perf_counter()
+        page = doc.render(n, D.page_dpi(doc, n, limit, patch, opts.dpi), with_text=opts.text_layer == "auto")
+        hint = page.text if opts.text_layer == "auto" and D.usable_text(page.text) else ""
+        msgs, hint_tokens = page_messages(engine, page, opts, hint)
+        group.append((page, msgs, hint_tokens, time.perf_counter() - t0, why))
+        if len(group) >= max(1, opts.batch_size):
+            yield from generate()
+    if group:
+        yield from generate()
 
 
 def output_path(out: Path, rel: Path, fmt: str, taken: set[Path]) -> Path:
@@ -252,7 +274,7 @@ def ocr(
     pages: Annotated[Optional[str], typer.Option(help="Pages to read, e.g. 1-3,7,10- (default: all).")] = None,
     dpi: Annotated[Optional[float], typer.Option(help="Render PDFs at this DPI (default: what fills the model's image budget).")] = None,
     text_layer: Annotated[TextLayer, typer.Option(
-        "--text-layer", help="PDF text layer: auto = a hint where usable, only = return it (no model), never.")] = TextLayer.auto,
+        "--text-layer", help="PDF text layer: auto = per page, the layer where usable, else the model; only = the layer (no model); never.")] = TextLayer.auto,
     keep_furniture: Annotated[bool, typer.Option("--keep-furniture", help="Keep running headers, footers, page numbers.")] = False,
     password: Annotated[Optional[str], typer.Option(help="Password of encrypted PDFs.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite outputs that already exist.")] = False,

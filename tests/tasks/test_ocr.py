@@ -109,13 +109,12 @@ def _run(engine, source_path, **kw):
     return buf.getvalue(), records
 
 
-def test_runner_cleans_joins_and_hints_per_page(tiny_processor, three_pages):
+def test_runner_cleans_and_joins_per_page(tiny_processor, three_pages):
     eng = ScriptedEngine(tiny_processor, REPLIES)
-    out, records = _run(eng, three_pages)
+    out, records = _run(eng, three_pages, text_layer="never")  # every page through the model
     assert out == EXPECTED_MD
     prompts = [texts_of(m) for m, _ in eng.calls]
-    assert "orchard yields" in prompts[0] and "harvest season" in prompts[2]  # text layer as a hint
-    assert "plums" not in prompts[1] and "text layer" not in prompts[1]  # the scan gets pixels only
+    assert not any("text layer" in p for p in prompts)
     assert all(opts == {"max_new_tokens": 4096, "temperature": 0.0} for _, opts in eng.calls)
     limit = tiny_processor.image_processor.in_token_limit
     for (msgs, _), rec in zip(eng.calls, records):
@@ -124,6 +123,41 @@ def test_runner_cleans_joins_and_hints_per_page(tiny_processor, three_pages):
         assert tiny_processor.image_processor.plan(*img.size).resized_wh == img.size  # rendered to fit
         assert 0.9 * limit <= (img.width // 14) * (img.height // 14) <= limit  # the budget, not more or less
     assert [r.page for r in records] == [1, 2, 3]
+
+
+def test_auto_converts_layer_pages_and_sends_scans_as_pixels(tiny_processor, three_pages):
+    eng = ScriptedEngine(tiny_processor, ["scan reply"])
+    out, records = _run(eng, three_pages)
+    assert [r.source for r in records] == ["text-layer", "model", "text-layer"] and len(eng.calls) == 1
+    assert "plums" not in texts_of(eng.calls[0][0]) and "text layer" not in texts_of(eng.calls[0][0])
+    assert out == (f"<!-- page 1 -->\n\n{BORN_DIGITAL}\n\n<!-- page 2 -->\n\nscan reply\n\n<!-- page 3 -->\n\n"
+                   "Closing remarks on the orchard harvest season.\n")
+
+
+def _ocr_layer_scan(path, text: str, fontsize: float = 9):
+    """A scan (the page is one image) with the text as an invisible OCR layer over it."""
+    import pymupdf
+
+    doc = pymupdf.open()
+    page = doc.new_page(width=300, height=400)
+    page.insert_image(page.rect, stream=_png(300, 400))
+    page.insert_textbox(pymupdf.Rect(20, 20, 280, 380), text, fontsize=fontsize, render_mode=3)
+    doc.save(str(path))
+    return path
+
+
+def _png(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), "white").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_an_ocr_layer_scan_goes_to_the_model_with_its_layer_as_hint(tiny_processor, tmp_path):
+    pdf = _ocr_layer_scan(tmp_path / "ocrd.pdf", BORN_DIGITAL)
+    eng = ScriptedEngine(tiny_processor, "x")
+    _, (rec,) = _run(eng, pdf)
+    assert rec.source == "model" and "invisible text" in rec.reason
+    assert "orchard yields" in texts_of(eng.calls[0][0]) and rec.hint_tokens > 0
 
 
 def test_text_layer_modes(tiny_processor, three_pages):
@@ -140,7 +174,7 @@ def test_text_layer_modes(tiny_processor, three_pages):
 
 
 def test_hint_is_clipped_to_leave_room_for_the_answer(tiny_processor, tmp_path):
-    pdf = make_pdf(tmp_path / "dense.pdf", ["many words on a dense page " * 60], fontsize=5)
+    pdf = _ocr_layer_scan(tmp_path / "dense.pdf", "many words on a dense page " * 60, fontsize=5)
     eng = ScriptedEngine(tiny_processor, "x", context=512)  # asserts every prompt fits
     _, (rec,) = _run(eng, pdf)
     msgs, _ = eng.calls[0]
@@ -150,7 +184,7 @@ def test_hint_is_clipped_to_leave_room_for_the_answer(tiny_processor, tmp_path):
 
 def test_json_records_and_batching(tiny_processor, three_pages):
     eng = ScriptedEngine(tiny_processor, REPLIES)
-    out, _ = _run(eng, three_pages, to="json", batch_size=2, pages="2-3")
+    out, _ = _run(eng, three_pages, to="json", batch_size=2, pages="2-3", text_layer="never")
     doc = json.loads(out)
     assert doc["page_count"] == 3 and [p["page"] for p in doc["pages"]] == [2, 3]
     assert doc["pages"][1]["text"] == "Two\n\n| a | b |  |\n| --- | --- | --- |\n| 1 | 2 | 3 |"
@@ -186,7 +220,8 @@ def test_batch_outputs_skips_failures_and_keeps_partials(tiny_processor, tmp_pat
 
     eng = ScriptedEngine(tiny_processor, fail_on_page_two)
     lines.clear()
-    s = ocr.run_batch(eng, [sources[0]], ocr.OcrOptions(), tmp_path / "o2", report=lambda l, m: lines.append(m))
+    s = ocr.run_batch(eng, [sources[0]], ocr.OcrOptions(text_layer="never"), tmp_path / "o2",
+                      report=lambda l, m: lines.append(m))
     assert s.failed and not (tmp_path / "o2" / "a.md").exists()
     assert "page one text" in (tmp_path / "o2" / "a.md.partial").read_text()
     assert re.search(r"a\.pdf: page 2: the prompt is too long \(finished pages kept in .*a\.md\.partial\)", lines[0])
