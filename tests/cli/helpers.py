@@ -32,7 +32,7 @@ def kvl_env(pythonpath: str | None = None, **extra: str) -> dict[str, str]:
 
 def run_kvl(*args: str, pythonpath: str | None = None, **env: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [str(KVL), *args], env=kvl_env(pythonpath, **env), capture_output=True, text=True, timeout=60
+        [str(KVL), *args], env=kvl_env(pythonpath, **env), capture_output=True, text=True, timeout=240
     )
     proc.stdout, proc.stderr = strip_ansi(proc.stdout), strip_ansi(proc.stderr)
     return proc
