@@ -29,184 +29,86 @@ MIN_CONTENT = 15.0  # adaptive: a cut also needs this absolute score (cross-fade
 WINDOW = 2  # adaptive: frames on each side averaged
 
 
-def _runs(positions: np.ndarray) -> list[tuple[int, int]]:
-    """Sorted positions as [start, stop) runs of consecutive values."""
-    if not len(positions):
-        return []
-    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
-    starts = np.r_[positions[0], positions[breaks]]
-    stops = np.r_[positions[breaks - 1] + 1, positions[-1] + 1] if len(breaks) else np.r_[positions[-1] + 1]
-    return list(zip(starts.tolist(), stops.tolist()))
-
-
-def _luts() -> tuple[np.ndarray, np.ndarray]:
-    """Saturation by (max << 8 | max-min); hue by (sector << 16 | max-min << 8 | mid-min).
-
-    OpenCV's 8-bit hue is 30 * (the other two channels' difference) / (max - min) plus 0, 60 or 120 for
-    a red, green or blue maximum, wrapped into [0, 180). The difference's magnitude is always mid - min, so
-    the sector (which channel is largest, and the difference's sign) and two uint8 values index the answer.
-    Both tables round half up, as OpenCV's fixed-point code does.
-    """
-    v = np.arange(256, dtype=np.float64)[:, None]
-    d = np.arange(256, dtype=np.float64)[None, :]
-    sat = np.where(v > 0, np.floor(255 * d / np.maximum(v, 1) + 0.5), 0).clip(0, 255).astype(np.uint8)
-    diff = np.arange(256, dtype=np.float64)[:, None]
-    q = np.where(diff > 0, 30 * np.minimum(d, diff) / np.maximum(diff, 1), 0)
-    hue = np.zeros((6, 256, 256), np.uint8)
-    for k, base in enumerate((0, 60, 120)):
-        hue[2 * k] = np.floor(base + q + 0.5) % 180
-        hue[2 * k + 1] = np.floor(base - q + 0.5) % 180
-    hue[:, 0, :] = 0  # grey pixels have hue 0
-    return sat.ravel(), hue.ravel()
-
-
-_SAT, _HUE = _luts()
-
-
-def hsv(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """uint8 [n, 3, h, w] planar RGB -> uint8 [n, 3, h, w] H (0-179), S, V, as OpenCV's COLOR_RGB2HSV (±1).
-
-    Only uint8/bool operations and two table lookups: numpy's `where` and int32 arithmetic cost 10x more
-    per pixel than uint8 min/max, and this runs on every frame.
-    """
-    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-    hi, lo = np.maximum(r, g), np.minimum(r, g)
-    v = np.maximum(hi, b)
-    mn = np.minimum(lo, b)
-    mid = np.maximum(lo, np.minimum(hi, b))
-    diff = v - mn  # uint8, cannot wrap
-    out = np.empty_like(rgb) if out is None else out
-    key16 = v.astype(np.uint16)
-    key16 <<= 8
-    key16 |= diff
-    np.take(_SAT, key16, out=out[:, 1])
-    # sector: 0/1 red max (hue g-b up/down), 2/3 green max (b-r), 4/5 blue max (r-g); ties go to red, then green
-    not_r, not_g = v != r, v != g
-    down = (~not_r & (g < b)) | (not_r & ~not_g & (b < r)) | (not_r & not_g & (r < g))
-    sector = not_r.view(np.uint8) + (not_r & not_g).view(np.uint8)
-    sector <<= 1
-    sector |= down.view(np.uint8)
-    key = sector.astype(np.int32)
-    key <<= 16
-    key |= diff.astype(np.int32) << 8
-    key |= mid - mn
-    np.take(_HUE, key, out=out[:, 0])
-    out[:, 2] = v
-    return out
+THUMB = (32, 18)  # per-frame colour thumbnail kept for the whole scan (dissolves, flashes): 1.7 KB a frame
+STRUCT = (64, 36)  # luma structure is compared at this size: 4x4 averaging takes sensor noise down 4x
 
 
 @dataclass
 class Scores:
-    """Per scanned frame: frame number, time, content score (0 for the first frame) and mean intensity."""
+    """Per scanned frame: frame number, time, HSV content score (0 for the first frame), mean intensity,
+    structure score (0 for the first frame) and a small RGB thumbnail."""
 
     index: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     times: np.ndarray = field(default_factory=lambda: np.empty(0))
     content: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
     intensity: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+    structure: np.ndarray | None = None
+    thumbs: np.ndarray | None = None  # uint8 [n, 18, 32, 3]
 
 
 class Scorer:
     """Streaming frame scores: feed batches in display order, read `.scores` at any time (Ctrl-C safe).
 
-    Two ways to the same numbers (the tests check they agree), chosen per frame, with no Python work per frame:
-    * sparse: under a quarter of the pixels changed since the previous frame (static shots: skipped blocks decode
-      to identical pixels). The changed pixels of every sparse frame in the batch, and the same pixels of each
-      one's previous frame, are gathered together and converted in one call; unchanged pixels add nothing.
-    * dense: the frame and its previous one convert whole, a few frames at a time so the temporaries stay in
-      cache (8 frames of 256x144 at once ran 4x slower than 4, measured).
+    Per frame, with OpenCV's C code (no per-pixel Python or numpy work): RGB -> HSV (COLOR_RGB2HSV, PySceneDetect's
+    own conversion, so its thresholds keep their meaning), the mean absolute HSV difference to the previous frame,
+    the mean intensity, and for the gradual-transition and structure checks a 32x18 thumbnail and the luma
+    structure score: 100 * (1 - normalised cross-correlation) of the 64x36 luma against the previous frame's.
+    Correlation ignores gain and offset, so fades and flashes barely move it, while a cut between two pictures
+    of the same colour (two mostly white screens) drops it to near 0 where the HSV difference stays small.
     """
 
-    SPARSE = 0.25
-
     def __init__(self, weights: tuple[float, float, float] = (1.0, 1.0, 1.0), content: bool = True,
-                 intensity: bool = True):
+                 intensity: bool = True, structure: bool = True):
         self.weights = np.asarray(weights, np.float64) / max(sum(abs(w) for w in weights), 1e-12)
-        self.need_content, self.need_intensity = content, intensity
-        self.prev_rgb: np.ndarray | None = None  # [3, h, w] last frame seen
-        self.prev_hsv: np.ndarray | None = None  # its HSV, when it was converted whole
+        self.need_content, self.need_intensity, self.need_structure = content, intensity, structure
+        self.prev_hsv: np.ndarray | None = None
+        self.prev_luma: np.ndarray | None = None  # zero-mean, unit-norm 64x36 luma (None: flat frame)
+        self.started = False
         self._parts: list[tuple[np.ndarray, ...]] = []
 
     def add(self, index: np.ndarray, times: np.ndarray, rgb: np.ndarray) -> None:
-        n, pixels = len(index), rgb.shape[2] * rgb.shape[3]
-        if self.need_intensity:
-            intensity = rgb.reshape(n, -1).sum(1, dtype=np.uint32) / (3 * pixels)  # < 2^32 for any detection size
-        else:
-            intensity = np.full(n, 255.0)
+        """rgb: uint8 [n, h, w, 3] packed RGB."""
+        import cv2
+
+        n, pixels = len(index), rgb.shape[1] * rgb.shape[2]
         content = np.zeros(n, np.float32)
-        if self.need_content and n:
-            self._content(rgb, content, pixels)
-        self._parts.append((index, times, content, intensity.astype(np.float32)))
-
-    def _content(self, rgb: np.ndarray, content: np.ndarray, pixels: int) -> None:
-        # ext[j] is frame j - 1 of the batch; ext[0] the previous batch's last frame (the very first frame of the
-        # video keeps score 0: nothing to differ from)
-        if self.prev_rgb is not None:
-            first, ext = 0, np.concatenate([self.prev_rgb[None], rgb])
-        else:
-            first, ext = 1, rgb
-        cur, old = ext[1:], ext[:-1]
-        m = len(cur)  # pairs: cur[i] is frame i + first of the batch
-        chunk = max(1, 150_000 // pixels)  # frames per numpy call: temporaries stay in cache
-        last_hsv = None  # HSV of the batch's last frame, when it was converted whole
-        if m:
-            changed = np.empty((m,) + cur.shape[2:], bool)
-            for k in range(0, m, chunk):
-                c = changed[k:k + chunk]
-                np.not_equal(cur[k:k + chunk, 0], old[k:k + chunk, 0], out=c)
-                c |= cur[k:k + chunk, 1] != old[k:k + chunk, 1]
-                c |= cur[k:k + chunk, 2] != old[k:k + chunk, 2]
-            counts = changed.reshape(m, -1).sum(1)
-            sparse = counts < self.SPARSE * pixels
-            if sparse.any():
-                self._sparse(cur, old, changed, np.flatnonzero(sparse), content[first:], pixels)
-            dense = np.flatnonzero(~sparse)
-            # a run of dense pairs [a, b) needs frames a..b whole: convert them a few at a time and score each
-            # pair as soon as both its frames are done, while they are in cache
-            for a, b in _runs(dense):
-                if a == 0 and first == 0 and self.prev_hsv is not None:
-                    last = self.prev_hsv[None]
-                else:
-                    last = hsv(ext[a:a + 1])
-                for k in range(a + 1, b + 1, chunk):
-                    x = hsv(ext[k:min(b + 1, k + chunk)])
-                    content[first + k - 1] = self._delta(x[:1], last)[0]
-                    if len(x) > 1:
-                        content[first + k:first + k + len(x) - 1] = self._delta(x[1:], x[:-1])
-                    last = x[-1:]
-                if b == m:
-                    last_hsv = last[0].copy()
-        self.prev_rgb = rgb[-1].copy()
-        self.prev_hsv = last_hsv
-
-    def _sparse(self, cur: np.ndarray, old: np.ndarray, changed: np.ndarray, which: np.ndarray, out: np.ndarray,
-                pixels: int) -> None:
-        """Scores of the pairs `which`, from only their changed pixels, all in one conversion."""
-        mask = changed.reshape(len(changed), -1)
-        flat = np.flatnonzero(mask if len(which) == len(mask) else mask[which])
-        if not len(flat):
-            return
-        rows, pix = np.divmod(flat, pixels)
-        at = which[rows] * (3 * pixels) + pix  # flat index of each changed pixel's R in cur / old
-        px = np.empty((2, 3, len(at), 1), np.uint8)
-        for c in range(3):
-            np.take(cur.reshape(-1), at + c * pixels, out=px[0, c, :, 0])
-            np.take(old.reshape(-1), at + c * pixels, out=px[1, c, :, 0])
-        both = hsv(px)[..., 0]  # [2, 3, N]
-        d = np.maximum(both[0], both[1]) - np.minimum(both[0], both[1])
-        per_channel = np.stack([np.bincount(rows, d[c], minlength=len(which)) for c in range(3)], 1)
-        out[which] = (per_channel * self.weights).sum(1) / pixels
-
-    def _delta(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Weighted mean |a - b| over H, S, V per frame pair (uint8 max - min cannot wrap)."""
-        per_channel = (np.maximum(a, b) - np.minimum(a, b)).reshape(len(a), 3, -1).sum(-1, dtype=np.uint32)
-        # elementwise, not `@`: a BLAS call can wake spinning threads that compete with the decoder
-        return (per_channel * self.weights).sum(1) / (a.shape[2] * a.shape[3])
+        intensity = np.full(n, 255.0, np.float32)
+        structure = np.zeros(n, np.float32)
+        thumbs = np.empty((n, THUMB[1], THUMB[0], 3), np.uint8)
+        w = self.weights
+        for k in range(n):
+            f = rgb[k]
+            if self.need_intensity:
+                s = cv2.sumElems(f)
+                intensity[k] = (s[0] + s[1] + s[2]) / (3 * pixels)
+            if self.need_content:
+                h = cv2.cvtColor(f, cv2.COLOR_RGB2HSV)
+                if self.prev_hsv is not None:
+                    d = cv2.sumElems(cv2.absdiff(h, self.prev_hsv))
+                    content[k] = (d[0] * w[0] + d[1] * w[1] + d[2] * w[2]) / pixels
+                self.prev_hsv = h
+            if self.need_structure:
+                small = cv2.resize(f, STRUCT, interpolation=cv2.INTER_AREA)
+                cv2.resize(small, THUMB, dst=thumbs[k], interpolation=cv2.INTER_AREA)
+                luma = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
+                luma -= luma.mean()
+                norm = float(np.sqrt((luma * luma).sum()))
+                # flat frames (black, a blank wall) have no structure to compare: 3 levels of spread at least
+                luma = luma / norm if norm > 3.0 * np.sqrt(luma.size) else None
+                if self.started and luma is not None and self.prev_luma is not None:
+                    structure[k] = 100.0 * (1.0 - float((luma * self.prev_luma).sum()))
+                self.prev_luma = luma
+            self.started = True
+        self._parts.append((index, times, content, intensity, structure, thumbs))
 
     @property
     def scores(self) -> Scores:
         if not self._parts:
             return Scores()
-        return Scores(*(np.concatenate(p) for p in zip(*self._parts)))
+        index, times, content, intensity, structure, thumbs = (np.concatenate(p) for p in zip(*self._parts))
+        if not self.need_structure:
+            structure = thumbs = None
+        return Scores(index, times, content, intensity, structure, thumbs)
 
 
 @dataclass(frozen=True)
