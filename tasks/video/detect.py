@@ -62,7 +62,8 @@ class Scorer:
         self.weights = np.asarray(weights, np.float64) / max(sum(abs(w) for w in weights), 1e-12)
         self.need_content, self.need_intensity, self.need_structure = content, intensity, structure
         self.prev_hsv: np.ndarray | None = None
-        self.prev_luma: np.ndarray | None = None  # zero-mean, unit-norm 64x36 luma (None: flat frame)
+        self.prev_luma: np.ndarray | None = None  # zero-mean, unit-norm 64x36 luma
+        self.prev_spread = 0.0  # and its standard deviation before normalising
         self.started = False
         self._parts: list[tuple[np.ndarray, ...]] = []
 
@@ -92,12 +93,11 @@ class Scorer:
                 cv2.resize(small, THUMB, dst=thumbs[k], interpolation=cv2.INTER_AREA)
                 luma = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
                 luma -= luma.mean()
-                norm = float(np.sqrt((luma * luma).sum()))
-                # flat frames (black, a blank wall) have no structure to compare: 3 levels of spread at least
-                luma = luma / norm if norm > 3.0 * np.sqrt(luma.size) else None
-                if self.started and luma is not None and self.prev_luma is not None:
-                    structure[k] = 100.0 * (1.0 - float((luma * self.prev_luma).sum()))
-                self.prev_luma = luma
+                spread = float(np.sqrt((luma * luma).mean()))  # luma standard deviation, levels
+                luma /= max(spread, 1e-6) * np.sqrt(luma.size)
+                if self.started:
+                    structure[k] = _structure(luma, spread, self.prev_luma, self.prev_spread)
+                self.prev_luma, self.prev_spread = luma, spread
             self.started = True
         self._parts.append((index, times, content, intensity, structure, thumbs))
 
@@ -109,6 +109,20 @@ class Scorer:
         if not self.need_structure:
             structure = thumbs = None
         return Scores(index, times, content, intensity, structure, thumbs)
+
+
+FLAT, TEXTURED = 1.0, 3.0  # luma spread (levels) of a blank frame, and of one with a picture on it
+
+
+def _structure(a: np.ndarray, spread_a: float, b: np.ndarray, spread_b: float) -> float:
+    """100 * (1 - correlation) of two normalised lumas. A blank frame (black, a white page) has no structure
+    to correlate: blank next to blank scores 0, blank next to a picture 100 (a cut from a text page to an
+    empty white screen is all structure), anything in between the two spreads 0 (no call either way)."""
+    if spread_a >= FLAT and spread_b >= FLAT:
+        return 100.0 * (1.0 - float((a * b).sum()))
+    if max(spread_a, spread_b) >= TEXTURED:
+        return 100.0
+    return 0.0
 
 
 @dataclass(frozen=True)
@@ -132,8 +146,10 @@ class MinLength:
 
 
 def adaptive_cuts(s: Scores, ratio: float = DEFAULTS["adaptive"], min_len: MinLength = MinLength(),
-                  window: int = WINDOW, min_content: float = MIN_CONTENT) -> list[int]:
-    c = s.content.astype(np.float64)
+                  window: int = WINDOW, min_content: float = MIN_CONTENT, values: np.ndarray | None = None) -> list[int]:
+    """Positions whose score is >= `ratio` times the mean of the `window` scores on each side and >= min_content
+    (`values`: another per-frame score than the HSV one, the structure score say)."""
+    c = (s.content if values is None else values).astype(np.float64)
     n = len(c)
     if n < 2 * window + 1:
         return []
@@ -218,10 +234,205 @@ def merge_cuts(hard: list[int], fades: list[Fade], s: Scores, min_len: MinLength
     return [p for p, _ in kept]
 
 
+# ---- beyond PySceneDetect: the structure channel, flashes, dissolves --------------------------------------------
+
+STRUCT_RATIO = 3.0  # structure cuts: the same adaptive rule as the HSV score ...
+STRUCT_MIN = 30.0  # ... with its own floor: correlation below 0.7 between consecutive frames
+STRUCT_HSV_RATIO = 2.0  # and the HSV score at least doubles there (any size)
+STEP_RATIO, STEP_MIN = 4.0, 4.0  # a mean-brightness step of 4 levels, 4x its neighbours', with a structure change
+FADE_BRIGHT = 3.0  # beside a cut to black the picture is this many times the dark threshold, or it was fading
+FLASH_SPAN = 6  # a flash: the picture before it comes back within this many frames
+FLASH_SAME = 0.3  # "comes back": thumbnail distance under this share of the jump
+DISSOLVE_HALVES = (4, 5, 6, 8, 10, 12, 15)  # half-lengths tried: dissolves of 8 to 30 frames
+DISSOLVE_MIN = 20.0  # the two pictures differ by at least this mean level (thumbnails, 0-255)
+DISSOLVE_SAME = 0.8  # the end frames' luma correlate less than this (the same picture brighter is a fade)
+DISSOLVE_GAIN = 0.12  # and the darker end is not the brighter one dimmed (within this share of the change)
+DISSOLVE_ALPHA = 0.15  # each sampled frame's mix weight within this of a straight ramp
+# what the mix may leave unexplained, as a share of the change, over a window of half-length k: 0.06 + 0.008 k.
+# Dissolves of still shots leave 0.01-0.05, of moving shots up to 0.16 over long windows; zooms and pans leave
+# 0.15-0.2 over short windows and more over long ones (the motion adds up).
+DISSOLVE_RESIDUAL = (0.06, 0.008)
+
+
+@dataclass(frozen=True)
+class Boundary:
+    pos: int  # position of the new scene's first frame
+    kind: str  # "cut", "dissolve" or "fade"
+
+
+def _thumbs(s: Scores) -> np.ndarray:
+    return s.thumbs.reshape(len(s.thumbs), -1).astype(np.float32)
+
+
+def _dist(t: np.ndarray, a, b) -> np.ndarray:
+    return np.abs(t[a] - t[b]).mean(-1)
+
+
+def is_flash(s: Scores, p: int, t: np.ndarray | None = None, span: int = FLASH_SPAN) -> bool:
+    """Is the change at position p one edge of a flash (or any brief interruption): does the picture of
+    just before the change come back within `span` frames, across it?"""
+    t = _thumbs(s) if t is None else t
+    n = len(t)
+    if p < 1:
+        return False
+    jump = float(_dist(t, p - 1, p))
+    for a in range(1, span + 1):
+        for b in range(0, span + 2 - a):
+            if (a, b) == (1, 0) or p - a < 0 or p + b >= n:
+                continue
+            if float(_dist(t, p - a, p + b)) < FLASH_SAME * jump:
+                return True
+    return False
+
+
+def structure_cuts(s: Scores, min_len: MinLength = MinLength()) -> list[int]:
+    """Cuts the HSV score cannot see (two pictures of the same colour): the adaptive rule on the luma
+    structure score."""
+    if s.structure is None:
+        return []
+    values = s.structure.copy()
+    dark = s.intensity < DEFAULTS["threshold"]  # a picture rising out of black noise is a fade, not a cut
+    values[dark] = 0
+    values[1:][dark[:-1]] = 0
+    # the HSV score must rise too, if not to its own floor: a pan whose last detail leaves the view (a blank
+    # page follows) changes the structure but not the colours
+    anywhere = MinLength(0.0, 0)
+    hsv_rise = set(adaptive_cuts(s, STRUCT_HSV_RATIO, anywhere, min_content=0.0))
+    cuts = {p for p in adaptive_cuts(s, STRUCT_RATIO, anywhere, min_content=STRUCT_MIN, values=values)
+            if p in hsv_rise}
+    # or the brightness steps at that frame alone while the structure changes (a text page panning, then a
+    # blank white screen: colours and structure scores of the pan are as high as the cut's)
+    step = np.r_[0.0, np.abs(np.diff(s.intensity.astype(np.float64)))]
+    cuts |= {p for p in adaptive_cuts(s, STEP_RATIO, anywhere, min_content=STEP_MIN, values=step)
+             if values[p] >= STRUCT_MIN}
+    return sorted(cuts)
+
+
+def dissolve_spans(s: Scores, threshold: float = DEFAULTS["threshold"]) -> list[tuple[int, int, int]]:
+    """Cross-fades of 8-30 frames, each reported at its middle (the first frame where the new picture weighs
+    at least half).
+
+    For a window of 2k frames centred on c, with end frames A and B that differ enough: every sampled frame
+    inside must be a mix of A and B (projected onto B - A, what is left over is small) whose weight ramps
+    straight from 0 to 1, and stop there: frames k/2 beyond either end weigh ~0 and ~1 (a slow zoom over a
+    smooth picture can look like a mix, but its change goes on past the window). A pan or a fast zoom moves the
+    picture instead of mixing it, so it leaves a large remainder; a cut or a flash breaks the ramp. Windows
+    whose end frames are dark belong to fades. Returns (first frame, middle, last frame) positions.
+    """
+    if s.thumbs is None or len(s.index) < 2 * DISSOLVE_HALVES[0] + 1:
+        return []
+    t = _thumbs(s)
+    n = len(t)
+    luma = t.reshape(n, -1, 3).mean(-1)
+    luma -= luma.mean(1, keepdims=True)
+    spread = np.sqrt((luma * luma).mean(1))
+    luma /= np.maximum(spread[:, None] * np.sqrt(luma.shape[1]), 1e-6)
+    found = []  # (c, k, badness)
+    for k in DISSOLVE_HALVES:
+        if n < 2 * k + 1:
+            break
+        c = np.arange(k, n - k)
+        A, B = t[c - k], t[c + k]
+        D = B - A
+        change = np.abs(D).mean(1)
+        ok = (change >= DISSOLVE_MIN) & (s.intensity[c - k] >= threshold) & (s.intensity[c + k] >= threshold)
+        # two different pictures: a fade or a lighting change mixes a picture with black, so its ends correlate
+        # (two blank ends, plain colours, cannot tell: no call; a blank page dissolving into a picture can)
+        ok &= ((luma[c - k] * luma[c + k]).sum(1) < DISSOLVE_SAME) & (np.maximum(spread[c - k], spread[c + k]) >= TEXTURED)
+        # a fade towards black: the darker end is the brighter one times a gain, almost exactly (a dissolve
+        # into a dark picture leaves 0.2 or more of the change unexplained; fades ~0.05)
+        bright = np.where((s.intensity[c - k] >= s.intensity[c + k])[:, None], A, B)
+        dark_end = np.where((s.intensity[c - k] >= s.intensity[c + k])[:, None], B, A)
+        gain = (bright * dark_end).sum(1) / np.maximum((bright * bright).sum(1), 1e-6)
+        ok &= np.linalg.norm(dark_end - gain[:, None] * bright, axis=1) >= DISSOLVE_GAIN * np.sqrt((D * D).sum(1))
+        den = np.maximum((D * D).sum(1), 1e-6)
+        worst = np.zeros(len(c), np.float32)
+        residual = DISSOLVE_RESIDUAL[0] + DISSOLVE_RESIDUAL[1] * k
+        for q in sorted({-(k // 2), -(k // 4), 0, k // 4, k // 2}):
+            if not ok.any():
+                break
+            X = t[c + q] - A
+            alpha = (X * D).sum(1) / den
+            resid = np.abs(X - alpha[:, None] * D).mean(1) / np.maximum(change, 1e-6)
+            ok &= (np.abs(alpha - (0.5 + q / (2 * k))) <= DISSOLVE_ALPHA) & (resid <= residual)
+            worst = np.maximum(worst, resid)
+        m = max(2, k // 2)  # beyond the ends the mix stays put (clamped at the video's ends)
+        for q, want in ((-k - m, 0.0), (k + m, 1.0)):
+            alpha = ((t[np.clip(c + q, 0, n - 1)] - A) * D).sum(1) / den
+            ok &= np.abs(alpha - want) <= 2 * DISSOLVE_ALPHA
+        found += [(int(c[i]), k, float(worst[i])) for i in np.flatnonzero(ok)]
+    # overlapping windows are one dissolve: keep the longest (ties: the cleanest mix)
+    found.sort(key=lambda f: (-f[1], f[2]))
+    kept: list[tuple[int, int]] = []
+    for c, k, _ in found:
+        if all(abs(c - c2) > k + k2 for c2, k2 in kept):
+            kept.append((c, k))
+    # windows that touch are one long (or uneven) dissolve
+    spans: list[list[int]] = []
+    for c, k in sorted(kept):
+        if spans and c - k <= spans[-1][1] + 2:
+            spans[-1][1] = c + k
+        else:
+            spans.append([c - k, c + k])
+    out = []
+    for a, b in spans:
+        A, D = t[a], t[b] - t[a]
+        alpha = ((t[a:b + 1] - A) * D).sum(1) / max(float((D * D).sum()), 1e-6)
+        out.append((a, a + int(np.argmax(alpha >= 0.5)), b))
+    return out
+
+
+def boundaries(s: Scores, detector: str = "adaptive", threshold: float | None = None,
+               min_len: MinLength = MinLength(), fades: bool = True, fade_threshold: float = DEFAULTS["threshold"],
+               fade_bias: float = 0.0, dissolves: bool = True, structure: bool = True) -> list[Boundary]:
+    """Every scene boundary with its kind. With `structure`, cuts from the luma-structure score join the HSV
+    detector's, and the edges of flashes are dropped; with `dissolves`, cross-fades are found too."""
+    if detector not in DEFAULTS:
+        raise ValueError(f"unknown detector {detector!r}")
+    t = DEFAULTS[detector] if threshold is None else threshold
+    if detector == "threshold":
+        return [Boundary(f.cut, "fade") for f in fade_cuts(s, t, min_len, fade_bias)]
+    hard = adaptive_cuts(s, t, min_len) if detector == "adaptive" else content_cuts(s, t, min_len)
+    use_thumbs = s.thumbs is not None
+    if structure and use_thumbs:
+        thumbs = _thumbs(s)
+        hard = sorted(set(hard) | set(structure_cuts(s, min_len)))
+        hard = [p for p in hard if not is_flash(s, p, thumbs)]
+        hard = _spaced(hard, s, min_len)
+    spans = dissolve_spans(s, fade_threshold) if dissolves and use_thumbs else []
+    # the first frames of a dissolve out of a dark shot jump in hue (near-black pixels): such a "cut" inside
+    # a dissolve's window is the dissolve itself
+    hard = [p for p in hard if not any(a <= p <= b for a, _, b in spans)]
+    fade_list = fade_cuts(s, fade_threshold, min_len, fade_bias) if fades else []
+    # a hard cut at a dark run's edge stands for the transition when it is a cut to (or from) black; when the
+    # picture beside it is already dim, the picture was fading and the fade is reported at its middle
+    inten = s.intensity
+    hard = [p for p in hard if not (p > 0 and any(f.out - 1 <= p <= f.back + 1 for f in fade_list)
+                                    and max(inten[p - 1], inten[p]) < FADE_BRIGHT * fade_threshold)]
+    cuts = merge_cuts(hard, fade_list, s, min_len) if fades else hard
+    in_fade = [(f.out - 1, f.back + 1) for f in fade_list]
+    out = [Boundary(p, "fade" if any(a <= p <= b for a, b in in_fade) else "cut") for p in cuts]
+    for _, p, _ in spans:
+        if all(min_len.ok(s, q.pos, p) if q.pos < p else min_len.ok(s, p, q.pos) for q in out):
+            out.append(Boundary(p, "dissolve"))
+    return sorted(out, key=lambda x: x.pos)
+
+
+def _spaced(cuts: list[int], s: Scores, min_len: MinLength) -> list[int]:
+    """Sorted cuts with none closer than the minimum length to the previous kept one (the first wins)."""
+    kept, last = [], 0
+    for p in cuts:
+        if min_len.ok(s, last, p):
+            kept.append(p)
+            last = p
+    return kept
+
+
 def detect(s: Scores, detector: str = "adaptive", threshold: float | None = None,
            min_len: MinLength = MinLength(), fades: bool = True, fade_threshold: float = DEFAULTS["threshold"],
            fade_bias: float = 0.0) -> list[int]:
-    """Cut positions (each the first frame of a new scene) for the chosen detector."""
+    """Cut positions (each the first frame of a new scene) of PySceneDetect's detectors alone (no structure
+    channel, no dissolves): `boundaries` is what `kvl video scenes` reports."""
     if detector not in DEFAULTS:
         raise ValueError(f"unknown detector {detector!r}")
     t = DEFAULTS[detector] if threshold is None else threshold

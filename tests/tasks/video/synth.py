@@ -127,7 +127,8 @@ def camera(src: np.ndarray, n: int, box0: Sequence[float], box1: Sequence[float]
     out = []
     for k in range(n):
         a = k / max(n - 1, 1)
-        box = tuple(float(p + (q - p) * a) for p, q in zip(box0, box1))
+        x0, y0, x1, y1 = (float(p + (q - p) * a) for p, q in zip(box0, box1))
+        box = (max(x0, 0.0), max(y0, 0.0), min(x1, img.width), min(y1, img.height))  # stay inside the picture
         f = np.asarray(img.resize(size, Image.Resampling.BILINEAR, box=box))
         if noise:
             f = (f + rng.normal(0, noise, f.shape)).clip(0, 255).astype(np.uint8)
