@@ -29,184 +29,100 @@ MIN_CONTENT = 15.0  # adaptive: a cut also needs this absolute score (cross-fade
 WINDOW = 2  # adaptive: frames on each side averaged
 
 
-def _runs(positions: np.ndarray) -> list[tuple[int, int]]:
-    """Sorted positions as [start, stop) runs of consecutive values."""
-    if not len(positions):
-        return []
-    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
-    starts = np.r_[positions[0], positions[breaks]]
-    stops = np.r_[positions[breaks - 1] + 1, positions[-1] + 1] if len(breaks) else np.r_[positions[-1] + 1]
-    return list(zip(starts.tolist(), stops.tolist()))
-
-
-def _luts() -> tuple[np.ndarray, np.ndarray]:
-    """Saturation by (max << 8 | max-min); hue by (sector << 16 | max-min << 8 | mid-min).
-
-    OpenCV's 8-bit hue is 30 * (the other two channels' difference) / (max - min) plus 0, 60 or 120 for
-    a red, green or blue maximum, wrapped into [0, 180). The difference's magnitude is always mid - min, so
-    the sector (which channel is largest, and the difference's sign) and two uint8 values index the answer.
-    Both tables round half up, as OpenCV's fixed-point code does.
-    """
-    v = np.arange(256, dtype=np.float64)[:, None]
-    d = np.arange(256, dtype=np.float64)[None, :]
-    sat = np.where(v > 0, np.floor(255 * d / np.maximum(v, 1) + 0.5), 0).clip(0, 255).astype(np.uint8)
-    diff = np.arange(256, dtype=np.float64)[:, None]
-    q = np.where(diff > 0, 30 * np.minimum(d, diff) / np.maximum(diff, 1), 0)
-    hue = np.zeros((6, 256, 256), np.uint8)
-    for k, base in enumerate((0, 60, 120)):
-        hue[2 * k] = np.floor(base + q + 0.5) % 180
-        hue[2 * k + 1] = np.floor(base - q + 0.5) % 180
-    hue[:, 0, :] = 0  # grey pixels have hue 0
-    return sat.ravel(), hue.ravel()
-
-
-_SAT, _HUE = _luts()
-
-
-def hsv(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """uint8 [n, 3, h, w] planar RGB -> uint8 [n, 3, h, w] H (0-179), S, V, as OpenCV's COLOR_RGB2HSV (±1).
-
-    Only uint8/bool operations and two table lookups: numpy's `where` and int32 arithmetic cost 10x more
-    per pixel than uint8 min/max, and this runs on every frame.
-    """
-    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-    hi, lo = np.maximum(r, g), np.minimum(r, g)
-    v = np.maximum(hi, b)
-    mn = np.minimum(lo, b)
-    mid = np.maximum(lo, np.minimum(hi, b))
-    diff = v - mn  # uint8, cannot wrap
-    out = np.empty_like(rgb) if out is None else out
-    key16 = v.astype(np.uint16)
-    key16 <<= 8
-    key16 |= diff
-    np.take(_SAT, key16, out=out[:, 1])
-    # sector: 0/1 red max (hue g-b up/down), 2/3 green max (b-r), 4/5 blue max (r-g); ties go to red, then green
-    not_r, not_g = v != r, v != g
-    down = (~not_r & (g < b)) | (not_r & ~not_g & (b < r)) | (not_r & not_g & (r < g))
-    sector = not_r.view(np.uint8) + (not_r & not_g).view(np.uint8)
-    sector <<= 1
-    sector |= down.view(np.uint8)
-    key = sector.astype(np.int32)
-    key <<= 16
-    key |= diff.astype(np.int32) << 8
-    key |= mid - mn
-    np.take(_HUE, key, out=out[:, 0])
-    out[:, 2] = v
-    return out
+THUMB = (32, 18)  # per-frame colour thumbnail kept for the whole scan (dissolves, flashes): 1.7 KB a frame
+STRUCT = (64, 36)  # luma structure is compared at this size: 4x4 averaging takes sensor noise down 4x
 
 
 @dataclass
 class Scores:
-    """Per scanned frame: frame number, time, content score (0 for the first frame) and mean intensity."""
+    """Per scanned frame: frame number, time, HSV content score (0 for the first frame), mean intensity,
+    structure score (0 for the first frame) and a small RGB thumbnail."""
 
     index: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     times: np.ndarray = field(default_factory=lambda: np.empty(0))
     content: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
     intensity: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+    structure: np.ndarray | None = None
+    thumbs: np.ndarray | None = None  # uint8 [n, 18, 32, 3]
 
 
 class Scorer:
     """Streaming frame scores: feed batches in display order, read `.scores` at any time (Ctrl-C safe).
 
-    Two ways to the same numbers (the tests check they agree), chosen per frame, with no Python work per frame:
-    * sparse: under a quarter of the pixels changed since the previous frame (static shots: skipped blocks decode
-      to identical pixels). The changed pixels of every sparse frame in the batch, and the same pixels of each
-      one's previous frame, are gathered together and converted in one call; unchanged pixels add nothing.
-    * dense: the frame and its previous one convert whole, a few frames at a time so the temporaries stay in
-      cache (8 frames of 256x144 at once ran 4x slower than 4, measured).
+    Per frame, with OpenCV's C code (no per-pixel Python or numpy work): RGB -> HSV (COLOR_RGB2HSV, PySceneDetect's
+    own conversion, so its thresholds keep their meaning), the mean absolute HSV difference to the previous frame,
+    the mean intensity, and for the gradual-transition and structure checks a 32x18 thumbnail and the luma
+    structure score: 100 * (1 - normalised cross-correlation) of the 64x36 luma against the previous frame's.
+    Correlation ignores gain and offset, so fades and flashes barely move it, while a cut between two pictures
+    of the same colour (two mostly white screens) drops it to near 0 where the HSV difference stays small.
     """
 
-    SPARSE = 0.25
-
     def __init__(self, weights: tuple[float, float, float] = (1.0, 1.0, 1.0), content: bool = True,
-                 intensity: bool = True):
+                 intensity: bool = True, structure: bool = True):
         self.weights = np.asarray(weights, np.float64) / max(sum(abs(w) for w in weights), 1e-12)
-        self.need_content, self.need_intensity = content, intensity
-        self.prev_rgb: np.ndarray | None = None  # [3, h, w] last frame seen
-        self.prev_hsv: np.ndarray | None = None  # its HSV, when it was converted whole
+        self.need_content, self.need_intensity, self.need_structure = content, intensity, structure
+        self.prev_hsv: np.ndarray | None = None
+        self.prev_luma: np.ndarray | None = None  # zero-mean, unit-norm 64x36 luma
+        self.prev_spread = 0.0  # and its standard deviation before normalising
+        self.started = False
         self._parts: list[tuple[np.ndarray, ...]] = []
 
     def add(self, index: np.ndarray, times: np.ndarray, rgb: np.ndarray) -> None:
-        n, pixels = len(index), rgb.shape[2] * rgb.shape[3]
-        if self.need_intensity:
-            intensity = rgb.reshape(n, -1).sum(1, dtype=np.uint32) / (3 * pixels)  # < 2^32 for any detection size
-        else:
-            intensity = np.full(n, 255.0)
+        """rgb: uint8 [n, h, w, 3] packed RGB."""
+        import cv2
+
+        n, pixels = len(index), rgb.shape[1] * rgb.shape[2]
         content = np.zeros(n, np.float32)
-        if self.need_content and n:
-            self._content(rgb, content, pixels)
-        self._parts.append((index, times, content, intensity.astype(np.float32)))
-
-    def _content(self, rgb: np.ndarray, content: np.ndarray, pixels: int) -> None:
-        # ext[j] is frame j - 1 of the batch; ext[0] the previous batch's last frame (the very first frame of the
-        # video keeps score 0: nothing to differ from)
-        if self.prev_rgb is not None:
-            first, ext = 0, np.concatenate([self.prev_rgb[None], rgb])
-        else:
-            first, ext = 1, rgb
-        cur, old = ext[1:], ext[:-1]
-        m = len(cur)  # pairs: cur[i] is frame i + first of the batch
-        chunk = max(1, 150_000 // pixels)  # frames per numpy call: temporaries stay in cache
-        last_hsv = None  # HSV of the batch's last frame, when it was converted whole
-        if m:
-            changed = np.empty((m,) + cur.shape[2:], bool)
-            for k in range(0, m, chunk):
-                c = changed[k:k + chunk]
-                np.not_equal(cur[k:k + chunk, 0], old[k:k + chunk, 0], out=c)
-                c |= cur[k:k + chunk, 1] != old[k:k + chunk, 1]
-                c |= cur[k:k + chunk, 2] != old[k:k + chunk, 2]
-            counts = changed.reshape(m, -1).sum(1)
-            sparse = counts < self.SPARSE * pixels
-            if sparse.any():
-                self._sparse(cur, old, changed, np.flatnonzero(sparse), content[first:], pixels)
-            dense = np.flatnonzero(~sparse)
-            # a run of dense pairs [a, b) needs frames a..b whole: convert them a few at a time and score each
-            # pair as soon as both its frames are done, while they are in cache
-            for a, b in _runs(dense):
-                if a == 0 and first == 0 and self.prev_hsv is not None:
-                    last = self.prev_hsv[None]
-                else:
-                    last = hsv(ext[a:a + 1])
-                for k in range(a + 1, b + 1, chunk):
-                    x = hsv(ext[k:min(b + 1, k + chunk)])
-                    content[first + k - 1] = self._delta(x[:1], last)[0]
-                    if len(x) > 1:
-                        content[first + k:first + k + len(x) - 1] = self._delta(x[1:], x[:-1])
-                    last = x[-1:]
-                if b == m:
-                    last_hsv = last[0].copy()
-        self.prev_rgb = rgb[-1].copy()
-        self.prev_hsv = last_hsv
-
-    def _sparse(self, cur: np.ndarray, old: np.ndarray, changed: np.ndarray, which: np.ndarray, out: np.ndarray,
-                pixels: int) -> None:
-        """Scores of the pairs `which`, from only their changed pixels, all in one conversion."""
-        mask = changed.reshape(len(changed), -1)
-        flat = np.flatnonzero(mask if len(which) == len(mask) else mask[which])
-        if not len(flat):
-            return
-        rows, pix = np.divmod(flat, pixels)
-        at = which[rows] * (3 * pixels) + pix  # flat index of each changed pixel's R in cur / old
-        px = np.empty((2, 3, len(at), 1), np.uint8)
-        for c in range(3):
-            np.take(cur.reshape(-1), at + c * pixels, out=px[0, c, :, 0])
-            np.take(old.reshape(-1), at + c * pixels, out=px[1, c, :, 0])
-        both = hsv(px)[..., 0]  # [2, 3, N]
-        d = np.maximum(both[0], both[1]) - np.minimum(both[0], both[1])
-        per_channel = np.stack([np.bincount(rows, d[c], minlength=len(which)) for c in range(3)], 1)
-        out[which] = (per_channel * self.weights).sum(1) / pixels
-
-    def _delta(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Weighted mean |a - b| over H, S, V per frame pair (uint8 max - min cannot wrap)."""
-        per_channel = (np.maximum(a, b) - np.minimum(a, b)).reshape(len(a), 3, -1).sum(-1, dtype=np.uint32)
-        # elementwise, not `@`: a BLAS call can wake spinning threads that compete with the decoder
-        return (per_channel * self.weights).sum(1) / (a.shape[2] * a.shape[3])
+        intensity = np.full(n, 255.0, np.float32)
+        structure = np.zeros(n, np.float32)
+        thumbs = np.empty((n, THUMB[1], THUMB[0], 3), np.uint8)
+        w = self.weights
+        for k in range(n):
+            f = rgb[k]
+            if self.need_intensity:
+                s = cv2.sumElems(f)
+                intensity[k] = (s[0] + s[1] + s[2]) / (3 * pixels)
+            if self.need_content:
+                h = cv2.cvtColor(f, cv2.COLOR_RGB2HSV)
+                if self.prev_hsv is not None:
+                    d = cv2.sumElems(cv2.absdiff(h, self.prev_hsv))
+                    content[k] = (d[0] * w[0] + d[1] * w[1] + d[2] * w[2]) / pixels
+                self.prev_hsv = h
+            if self.need_structure:
+                small = cv2.resize(f, STRUCT, interpolation=cv2.INTER_AREA)
+                cv2.resize(small, THUMB, dst=thumbs[k], interpolation=cv2.INTER_AREA)
+                luma = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).astype(np.float32)
+                luma -= luma.mean()
+                spread = float(np.sqrt((luma * luma).mean()))  # luma standard deviation, levels
+                luma /= max(spread, 1e-6) * np.sqrt(luma.size)
+                if self.started:
+                    structure[k] = _structure(luma, spread, self.prev_luma, self.prev_spread)
+                self.prev_luma, self.prev_spread = luma, spread
+            self.started = True
+        self._parts.append((index, times, content, intensity, structure, thumbs))
 
     @property
     def scores(self) -> Scores:
         if not self._parts:
             return Scores()
-        return Scores(*(np.concatenate(p) for p in zip(*self._parts)))
+        index, times, content, intensity, structure, thumbs = (np.concatenate(p) for p in zip(*self._parts))
+        if not self.need_structure:
+            structure = thumbs = None
+        return Scores(index, times, content, intensity, structure, thumbs)
+
+
+FLAT, TEXTURED = 1.0, 3.0  # luma spread (levels) of a blank frame, and of one with a picture on it
+
+
+def _structure(a: np.ndarray, spread_a: float, b: np.ndarray, spread_b: float) -> float:
+    """100 * (1 - correlation) of two normalised lumas. A blank frame (black, a white page) has no structure
+    to correlate: blank next to blank scores 0, blank next to a picture 100 (a cut from a text page to an
+    empty white screen is all structure), anything in between the two spreads 0 (no call either way)."""
+    if spread_a >= FLAT and spread_b >= FLAT:
+        return 100.0 * (1.0 - float((a * b).sum()))
+    if max(spread_a, spread_b) >= TEXTURED:
+        return 100.0
+    return 0.0
 
 
 @dataclass(frozen=True)
@@ -230,8 +146,10 @@ class MinLength:
 
 
 def adaptive_cuts(s: Scores, ratio: float = DEFAULTS["adaptive"], min_len: MinLength = MinLength(),
-                  window: int = WINDOW, min_content: float = MIN_CONTENT) -> list[int]:
-    c = s.content.astype(np.float64)
+                  window: int = WINDOW, min_content: float = MIN_CONTENT, values: np.ndarray | None = None) -> list[int]:
+    """Positions whose score is >= `ratio` times the mean of the `window` scores on each side and >= min_content
+    (`values`: another per-frame score than the HSV one, the structure score say)."""
+    c = (s.content if values is None else values).astype(np.float64)
     n = len(c)
     if n < 2 * window + 1:
         return []
@@ -316,10 +234,205 @@ def merge_cuts(hard: list[int], fades: list[Fade], s: Scores, min_len: MinLength
     return [p for p, _ in kept]
 
 
+# ---- beyond PySceneDetect: the structure channel, flashes, dissolves --------------------------------------------
+
+STRUCT_RATIO = 3.0  # structure cuts: the same adaptive rule as the HSV score ...
+STRUCT_MIN = 30.0  # ... with its own floor: correlation below 0.7 between consecutive frames
+STRUCT_HSV_RATIO = 2.0  # and the HSV score at least doubles there (any size)
+STEP_RATIO, STEP_MIN = 4.0, 4.0  # a mean-brightness step of 4 levels, 4x its neighbours', with a structure change
+FADE_BRIGHT = 3.0  # beside a cut to black the picture is this many times the dark threshold, or it was fading
+FLASH_SPAN = 6  # a flash: the picture before it comes back within this many frames
+FLASH_SAME = 0.3  # "comes back": thumbnail distance under this share of the jump
+DISSOLVE_HALVES = (4, 5, 6, 8, 10, 12, 15)  # half-lengths tried: dissolves of 8 to 30 frames
+DISSOLVE_MIN = 20.0  # the two pictures differ by at least this mean level (thumbnails, 0-255)
+DISSOLVE_SAME = 0.8  # the end frames' luma correlate less than this (the same picture brighter is a fade)
+DISSOLVE_GAIN = 0.12  # and the darker end is not the brighter one dimmed (within this share of the change)
+DISSOLVE_ALPHA = 0.15  # each sampled frame's mix weight within this of a straight ramp
+# what the mix may leave unexplained, as a share of the change, over a window of half-length k: 0.06 + 0.008 k.
+# Dissolves of still shots leave 0.01-0.05, of moving shots up to 0.16 over long windows; zooms and pans leave
+# 0.15-0.2 over short windows and more over long ones (the motion adds up).
+DISSOLVE_RESIDUAL = (0.06, 0.008)
+
+
+@dataclass(frozen=True)
+class Boundary:
+    pos: int  # position of the new scene's first frame
+    kind: str  # "cut", "dissolve" or "fade"
+
+
+def _thumbs(s: Scores) -> np.ndarray:
+    return s.thumbs.reshape(len(s.thumbs), -1).astype(np.float32)
+
+
+def _dist(t: np.ndarray, a, b) -> np.ndarray:
+    return np.abs(t[a] - t[b]).mean(-1)
+
+
+def is_flash(s: Scores, p: int, t: np.ndarray | None = None, span: int = FLASH_SPAN) -> bool:
+    """Is the change at position p one edge of a flash (or any brief interruption): does the picture of
+    just before the change come back within `span` frames, across it?"""
+    t = _thumbs(s) if t is None else t
+    n = len(t)
+    if p < 1:
+        return False
+    jump = float(_dist(t, p - 1, p))
+    for a in range(1, span + 1):
+        for b in range(0, span + 2 - a):
+            if (a, b) == (1, 0) or p - a < 0 or p + b >= n:
+                continue
+            if float(_dist(t, p - a, p + b)) < FLASH_SAME * jump:
+                return True
+    return False
+
+
+def structure_cuts(s: Scores, min_len: MinLength = MinLength()) -> list[int]:
+    """Cuts the HSV score cannot see (two pictures of the same colour): the adaptive rule on the luma
+    structure score."""
+    if s.structure is None:
+        return []
+    values = s.structure.copy()
+    dark = s.intensity < DEFAULTS["threshold"]  # a picture rising out of black noise is a fade, not a cut
+    values[dark] = 0
+    values[1:][dark[:-1]] = 0
+    # the HSV score must rise too, if not to its own floor: a pan whose last detail leaves the view (a blank
+    # page follows) changes the structure but not the colours
+    anywhere = MinLength(0.0, 0)
+    hsv_rise = set(adaptive_cuts(s, STRUCT_HSV_RATIO, anywhere, min_content=0.0))
+    cuts = {p for p in adaptive_cuts(s, STRUCT_RATIO, anywhere, min_content=STRUCT_MIN, values=values)
+            if p in hsv_rise}
+    # or the brightness steps at that frame alone while the structure changes (a text page panning, then a
+    # blank white screen: colours and structure scores of the pan are as high as the cut's)
+    step = np.r_[0.0, np.abs(np.diff(s.intensity.astype(np.float64)))]
+    cuts |= {p for p in adaptive_cuts(s, STEP_RATIO, anywhere, min_content=STEP_MIN, values=step)
+             if values[p] >= STRUCT_MIN}
+    return sorted(cuts)
+
+
+def dissolve_spans(s: Scores, threshold: float = DEFAULTS["threshold"]) -> list[tuple[int, int, int]]:
+    """Cross-fades of 8-30 frames, each reported at its middle (the first frame where the new picture weighs
+    at least half).
+
+    For a window of 2k frames centred on c, with end frames A and B that differ enough: every sampled frame
+    inside must be a mix of A and B (projected onto B - A, what is left over is small) whose weight ramps
+    straight from 0 to 1, and stop there: frames k/2 beyond either end weigh ~0 and ~1 (a slow zoom over a
+    smooth picture can look like a mix, but its change goes on past the window). A pan or a fast zoom moves the
+    picture instead of mixing it, so it leaves a large remainder; a cut or a flash breaks the ramp. Windows
+    whose end frames are dark belong to fades. Returns (first frame, middle, last frame) positions.
+    """
+    if s.thumbs is None or len(s.index) < 2 * DISSOLVE_HALVES[0] + 1:
+        return []
+    t = _thumbs(s)
+    n = len(t)
+    luma = t.reshape(n, -1, 3).mean(-1)
+    luma -= luma.mean(1, keepdims=True)
+    spread = np.sqrt((luma * luma).mean(1))
+    luma /= np.maximum(spread[:, None] * np.sqrt(luma.shape[1]), 1e-6)
+    found = []  # (c, k, badness)
+    for k in DISSOLVE_HALVES:
+        if n < 2 * k + 1:
+            break
+        c = np.arange(k, n - k)
+        A, B = t[c - k], t[c + k]
+        D = B - A
+        change = np.abs(D).mean(1)
+        ok = (change >= DISSOLVE_MIN) & (s.intensity[c - k] >= threshold) & (s.intensity[c + k] >= threshold)
+        # two different pictures: a fade or a lighting change mixes a picture with black, so its ends correlate
+        # (two blank ends, plain colours, cannot tell: no call; a blank page dissolving into a picture can)
+        ok &= ((luma[c - k] * luma[c + k]).sum(1) < DISSOLVE_SAME) & (np.maximum(spread[c - k], spread[c + k]) >= TEXTURED)
+        # a fade towards black: the darker end is the brighter one times a gain, almost exactly (a dissolve
+        # into a dark picture leaves 0.2 or more of the change unexplained; fades ~0.05)
+        bright = np.where((s.intensity[c - k] >= s.intensity[c + k])[:, None], A, B)
+        dark_end = np.where((s.intensity[c - k] >= s.intensity[c + k])[:, None], B, A)
+        gain = (bright * dark_end).sum(1) / np.maximum((bright * bright).sum(1), 1e-6)
+        ok &= np.linalg.norm(dark_end - gain[:, None] * bright, axis=1) >= DISSOLVE_GAIN * np.sqrt((D * D).sum(1))
+        den = np.maximum((D * D).sum(1), 1e-6)
+        worst = np.zeros(len(c), np.float32)
+        residual = DISSOLVE_RESIDUAL[0] + DISSOLVE_RESIDUAL[1] * k
+        for q in sorted({-(k // 2), -(k // 4), 0, k // 4, k // 2}):
+            if not ok.any():
+                break
+            X = t[c + q] - A
+            alpha = (X * D).sum(1) / den
+            resid = np.abs(X - alpha[:, None] * D).mean(1) / np.maximum(change, 1e-6)
+            ok &= (np.abs(alpha - (0.5 + q / (2 * k))) <= DISSOLVE_ALPHA) & (resid <= residual)
+            worst = np.maximum(worst, resid)
+        m = max(2, k // 2)  # beyond the ends the mix stays put (clamped at the video's ends)
+        for q, want in ((-k - m, 0.0), (k + m, 1.0)):
+            alpha = ((t[np.clip(c + q, 0, n - 1)] - A) * D).sum(1) / den
+            ok &= np.abs(alpha - want) <= 2 * DISSOLVE_ALPHA
+        found += [(int(c[i]), k, float(worst[i])) for i in np.flatnonzero(ok)]
+    # overlapping windows are one dissolve: keep the longest (ties: the cleanest mix)
+    found.sort(key=lambda f: (-f[1], f[2]))
+    kept: list[tuple[int, int]] = []
+    for c, k, _ in found:
+        if all(abs(c - c2) > k + k2 for c2, k2 in kept):
+            kept.append((c, k))
+    # windows that touch are one long (or uneven) dissolve
+    spans: list[list[int]] = []
+    for c, k in sorted(kept):
+        if spans and c - k <= spans[-1][1] + 2:
+            spans[-1][1] = c + k
+        else:
+            spans.append([c - k, c + k])
+    out = []
+    for a, b in spans:
+        A, D = t[a], t[b] - t[a]
+        alpha = ((t[a:b + 1] - A) * D).sum(1) / max(float((D * D).sum()), 1e-6)
+        out.append((a, a + int(np.argmax(alpha >= 0.5)), b))
+    return out
+
+
+def boundaries(s: Scores, detector: str = "adaptive", threshold: float | None = None,
+               min_len: MinLength = MinLength(), fades: bool = True, fade_threshold: float = DEFAULTS["threshold"],
+               fade_bias: float = 0.0, dissolves: bool = True, structure: bool = True) -> list[Boundary]:
+    """Every scene boundary with its kind. With `structure`, cuts from the luma-structure score join the HSV
+    detector's, and the edges of flashes are dropped; with `dissolves`, cross-fades are found too."""
+    if detector not in DEFAULTS:
+        raise ValueError(f"unknown detector {detector!r}")
+    t = DEFAULTS[detector] if threshold is None else threshold
+    if detector == "threshold":
+        return [Boundary(f.cut, "fade") for f in fade_cuts(s, t, min_len, fade_bias)]
+    hard = adaptive_cuts(s, t, min_len) if detector == "adaptive" else content_cuts(s, t, min_len)
+    use_thumbs = s.thumbs is not None
+    if structure and use_thumbs:
+        thumbs = _thumbs(s)
+        hard = sorted(set(hard) | set(structure_cuts(s, min_len)))
+        hard = [p for p in hard if not is_flash(s, p, thumbs)]
+        hard = _spaced(hard, s, min_len)
+    spans = dissolve_spans(s, fade_threshold) if dissolves and use_thumbs else []
+    # the first frames of a dissolve out of a dark shot jump in hue (near-black pixels): such a "cut" inside
+    # a dissolve's window is the dissolve itself
+    hard = [p for p in hard if not any(a <= p <= b for a, _, b in spans)]
+    fade_list = fade_cuts(s, fade_threshold, min_len, fade_bias) if fades else []
+    # a hard cut at a dark run's edge stands for the transition when it is a cut to (or from) black; when the
+    # picture beside it is already dim, the picture was fading and the fade is reported at its middle
+    inten = s.intensity
+    hard = [p for p in hard if not (p > 0 and any(f.out - 1 <= p <= f.back + 1 for f in fade_list)
+                                    and max(inten[p - 1], inten[p]) < FADE_BRIGHT * fade_threshold)]
+    cuts = merge_cuts(hard, fade_list, s, min_len) if fades else hard
+    in_fade = [(f.out - 1, f.back + 1) for f in fade_list]
+    out = [Boundary(p, "fade" if any(a <= p <= b for a, b in in_fade) else "cut") for p in cuts]
+    for _, p, _ in spans:
+        if all(min_len.ok(s, q.pos, p) if q.pos < p else min_len.ok(s, p, q.pos) for q in out):
+            out.append(Boundary(p, "dissolve"))
+    return sorted(out, key=lambda x: x.pos)
+
+
+def _spaced(cuts: list[int], s: Scores, min_len: MinLength) -> list[int]:
+    """Sorted cuts with none closer than the minimum length to the previous kept one (the first wins)."""
+    kept, last = [], 0
+    for p in cuts:
+        if min_len.ok(s, last, p):
+            kept.append(p)
+            last = p
+    return kept
+
+
 def detect(s: Scores, detector: str = "adaptive", threshold: float | None = None,
            min_len: MinLength = MinLength(), fades: bool = True, fade_threshold: float = DEFAULTS["threshold"],
            fade_bias: float = 0.0) -> list[int]:
-    """Cut positions (each the first frame of a new scene) for the chosen detector."""
+    """Cut positions (each the first frame of a new scene) of PySceneDetect's detectors alone (no structure
+    channel, no dissolves): `boundaries` is what `kvl video scenes` reports."""
     if detector not in DEFAULTS:
         raise ValueError(f"unknown detector {detector!r}")
     t = DEFAULTS[detector] if threshold is None else threshold

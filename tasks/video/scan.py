@@ -5,13 +5,12 @@ frames into downscaled batches, and the caller scores them meanwhile. PyAV relea
 decode and swscale calls and numpy inside its loops, so the stages overlap: on two cores the wall time is about
 the decoding time alone (KVL_DECODE_THREAD=0 runs everything in the caller).
 
-PyAV (default): sequential decoding in full (deblocking included), then the pixels PySceneDetect would see.
-It converts each whole frame to RGB and shrinks it with OpenCV's INTER_LINEAR; at odd whole factors (1280x720
--> 256x144 is 5) that is a plain subsample, and `_Subsampler` produces exactly those pixels from the YUV planes
-at a fraction of the cost. Exactness matters because the hue of near-black pixels turns on the last bit of
-rounding, and such hues decide cuts inside fades. Other factors use swscale's POINT sampling in one step with
-the RGB conversion (close, not identical). `fast` skips the H.264/HEVC deblocking filter (~20% less decoding);
-its blocking is invisible at 256 px, but it moves borderline scores. decord is the alternative backend.
+PyAV (default): sequential decoding in full (deblocking included), then the pixels PySceneDetect would see:
+it converts each whole frame to RGB and shrinks it with OpenCV's INTER_LINEAR, and `_Sampler` produces those
+pixels from the YUV planes at a fraction of the cost (exactly at odd whole factors, within one level at
+others). Exactness matters because the hue of near-black pixels turns on the last bit of rounding, and such
+hues decide cuts inside fades. `fast` skips the H.264/HEVC deblocking filter (~20% less decoding); its blocking
+is invisible at 256 px, but it moves borderline scores. decord is the alternative backend.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ DECODE_THREADS = int(os.environ.get("KVL_DECODE_THREADS") or min(8, max(1, (os.c
 class FrameBatch:
     index: np.ndarray  # int64 [n] frame numbers (0-based, display order)
     time: np.ndarray  # float64 [n] seconds
-    rgb: np.ndarray  # uint8 [n, 3, h, w] planar RGB
+    rgb: np.ndarray  # uint8 [n, h, w, 3] packed RGB
 
 
 def scan(info: VideoInfo, width: int = DETECT_WIDTH, start: float = 0.0, end: float | None = None,
@@ -61,17 +60,22 @@ def scan(info: VideoInfo, width: int = DETECT_WIDTH, start: float = 0.0, end: fl
     return _in_thread(gen, name="kvl-video-pixels") if threaded else gen
 
 
-def pysd_grid(src: int, dst: int) -> np.ndarray | None:
-    """The source pixel PySceneDetect's downscale reads for each output pixel along one axis, or None.
+def pysd_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PySceneDetect's downscale along one axis: for each output pixel, its two source pixels and the weight of
+    the second, in OpenCV INTER_LINEAR's fixed point (out of 2048).
 
-    OpenCV's INTER_LINEAR maps output pixel d to source coordinate (d + 0.5) * src / dst - 0.5: when src/dst is
-    an odd integer (or 1) that is a whole pixel, so the downscaled frame is a plain subsample of the full-size
-    RGB frame. Otherwise it blends two pixels per axis and we approximate it (swscale's POINT sampling).
+    OpenCV maps output pixel d to source coordinate (d + 0.5) * src / dst - 0.5 (float32), clamped to the image;
+    the fraction becomes a short out of 2048. When src/dst is an odd integer (or 1) every weight is 0: the
+    downscale is a plain subsample.
     """
-    if dst <= 0 or src % dst:
-        return None
-    step = src // dst
-    return np.arange(dst) * step + (step - 1) // 2 if step % 2 else None
+    d = np.arange(dst)
+    fx = ((d + 0.5) * (src / dst) - 0.5).astype(np.float32)
+    sx = np.floor(fx).astype(np.int64)
+    fx = fx - sx
+    fx[sx < 0], sx[sx < 0] = 0, 0
+    high = sx >= src - 1
+    fx[high], sx[high] = 0, src - 1
+    return sx, np.minimum(sx + 1, src - 1), np.round(fx * 2048).astype(np.int32)
 
 
 # 8-bit planar YUV that swscale's unscaled YUV->RGB path converts pixel by pixel (each pixel from its own Y and
@@ -81,84 +85,82 @@ _EXACT = {"yuv420p": ("yuv422p", 2), "yuvj420p": ("yuvj422p", 2), "yuv422p": ("y
           "yuvj422p": ("yuvj422p", 1)}
 
 
-def _step(grid: np.ndarray) -> int:
-    return int(grid[1] - grid[0]) if len(grid) > 1 else 1
+class _Sampler:
+    """Frames in PySceneDetect's detection pixels, cheaply.
 
-
-def _half(grid: np.ndarray, parity: int, sub: int) -> slice:
-    """The chroma rows (or columns) under grid[parity::2], with chroma subsampled by `sub`, as a slice."""
-    part = grid[parity::2] // sub
-    return slice(int(part[0]), None, int(part[1] - part[0]) if len(part) > 1 else 1)
-
-
-class _Subsampler:
-    """Frames in PySceneDetect's exact detection pixels, cheaply.
-
-    PySceneDetect converts each full frame to RGB, then downscales. The colour of near-black pixels swings
-    with the last bit of RGB rounding, and the hue of such pixels decides some cuts inside fades, so the same
-    decisions need the same pixels. Converting whole frames costs as much as decoding them; instead the Y, U
-    and V samples under each output pixel are gathered into one small 4:2:2 frame per batch (Y on even columns,
-    each pixel its own chroma) and swscale converts that: same code, same rounding, 2 pixels converted per
-    output pixel instead of factor² (at 1280x720 -> 256x144, 1/12 of the work).
+    PySceneDetect converts each full frame to RGB, then shrinks it with OpenCV's INTER_LINEAR, which reads at
+    most 2x2 source pixels per output pixel. Converting whole frames costs as much as decoding them; instead the
+    Y, U and V samples under just those source pixels are gathered into one small 4:2:2 frame per batch (Y on
+    even columns, so each pixel has its own chroma) and swscale converts that: same code, same rounding as the
+    full-size conversion. At odd whole factors (1280x720 -> 256x144 is 5) the gathered pixels are the result,
+    identical to PySceneDetect's. Otherwise (1920 -> 256 is 7.5, 640 -> 256 is 2.5) the 2x2 pixels are blended
+    with their INTER_LINEAR weights by cv2.remap, whose fixed point differs from resize's by at most one level
+    on some pixels. Sampling one pixel instead (swscale's POINT) raises every score of a camera move by ~7% at
+    2.5x, which was enough to lose cuts PySceneDetect finds after pans.
     """
 
     def __init__(self, w: int, h: int, batch: int):
         self.w, self.h, self.batch = w, h, batch
-        self.key = None  # (format, colorspace, width, height) of the frames being assembled
-        self.big = None
+        self.key = None  # (format, colorspace, width, height, line sizes) of the frames being assembled
         self.slots: list[int] = []
 
     def accepts(self, frame) -> bool:
-        fmt = frame.format.name
-        if fmt not in _EXACT:
-            return False
-        key = (fmt, frame.colorspace, frame.width, frame.height)
-        if key == self.key:
-            return True
-        ys, xs = pysd_grid(frame.height, self.h), pysd_grid(frame.width, self.w)
-        return ys is not None and xs is not None
+        return frame.format.name in _EXACT
+
+    def _setup(self, frame, key) -> None:
+        import av
+        import cv2
+
+        fmt, rows_per_chroma = _EXACT[key[0]]
+        y0, y1, fy = pysd_taps(frame.height, self.h)
+        x0, x1, fx = pysd_taps(frame.width, self.w)
+        two_y, two_x = bool(fy.any()), bool(fx.any())
+        rows = np.stack([y0, y1], 1).ravel() if two_y else y0
+        cols = np.stack([x0, x1], 1).ravel() if two_x else x0
+        self.gh, self.gw = len(rows), len(cols)
+        ls = [p.line_size for p in frame.planes]
+        self.luma = rows[:, None] * ls[0] + cols[None, :]
+        self.chroma = [(rows // rows_per_chroma)[:, None] * ls[k] + (cols // 2)[None, :] for k in (1, 2)]
+        self.big = av.VideoFrame(2 * self.gw, self.gh * self.batch, fmt)
+        self.big.colorspace = frame.colorspace
+        lines = [np.frombuffer(p, np.uint8).reshape(self.gh * self.batch, -1) for p in self.big.planes]
+        self.Y, self.U, self.V = lines[0][:, 0:2 * self.gw:2], lines[1][:, :self.gw], lines[2][:, :self.gw]
+        self.maps = None
+        if two_x or two_y:  # output (i, j) reads the gathered frame at (2i + fy, 2j + fx) (pairs side by side)
+            mx = (np.arange(self.w) * (2 if two_x else 1) + fx / 2048).astype(np.float32)
+            my = (np.arange(self.h) * (2 if two_y else 1) + fy / 2048).astype(np.float32)
+            self.maps = cv2.convertMaps(np.broadcast_to(mx[None, :], (self.h, self.w)).copy(),
+                                        np.broadcast_to(my[:, None], (self.h, self.w)).copy(), cv2.CV_16SC2)
+        self.key = key
 
     def put(self, slot: int, frame, out: np.ndarray) -> None:
-        import av
-
-        key = (frame.format.name, frame.colorspace, frame.width, frame.height)
+        planes = frame.planes
+        key = (frame.format.name, frame.colorspace, frame.width, frame.height, tuple(p.line_size for p in planes))
         if key != self.key:
             self.flush(out)
-            fmt, rows = _EXACT[key[0]]
-            self.key = key
-            ys, xs = pysd_grid(frame.height, self.h), pysd_grid(frame.width, self.w)
-            # every gather is a strided slice: the grid is start + step * k, and its chroma positions (halved)
-            # alternate between two such progressions, one for even k and one for odd k
-            self.luma = (slice(int(ys[0]), None, _step(ys)), slice(int(xs[0]), None, _step(xs)))
-            self.chroma = [(dy, dx, _half(ys, dy, rows), _half(xs, dx, 2))
-                           for dy in range(min(2, self.h)) for dx in range(min(2, self.w))]
-            self.big = av.VideoFrame(2 * self.w, self.h * self.batch, fmt)
-            self.big.colorspace = frame.colorspace
-            lines = [np.frombuffer(p, np.uint8).reshape(self.h * self.batch, -1) for p in self.big.planes]
-            self.Y, self.U, self.V = lines[0][:, 0:2 * self.w:2], lines[1][:, :self.w], lines[2][:, :self.w]
-        h, w = self.h, self.w
-        planes = frame.planes
-        y = np.frombuffer(planes[0], np.uint8).reshape(frame.height, -1)
-        self.Y[slot * h:(slot + 1) * h] = y[self.luma][:h, :w]
-        for plane, dst in ((planes[1], self.U), (planes[2], self.V)):
-            c = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
-            d = dst[slot * h:(slot + 1) * h]
-            for dy, dx, sy, sx in self.chroma:
-                part = d[dy::2, dx::2]
-                part[...] = c[sy, sx][:part.shape[0], :part.shape[1]]
+            self._setup(frame, key)
+        rows = slice(slot * self.gh, (slot + 1) * self.gh)
+        self.Y[rows] = np.frombuffer(planes[0], np.uint8)[self.luma]
+        self.U[rows] = np.frombuffer(planes[1], np.uint8)[self.chroma[0]]
+        self.V[rows] = np.frombuffer(planes[2], np.uint8)[self.chroma[1]]
         self.slots.append(slot)
 
     def flush(self, out: np.ndarray) -> None:
-        """Convert the assembled slots into out[slot] (planar RGB)."""
+        """Convert the assembled slots into out[slot] (packed RGB)."""
         if not self.slots:
             return
-        h, w = self.h, self.w
+        import cv2
+
+        gh = self.gh
         lo, hi = self.slots[0], self.slots[-1] + 1  # slots are filled in order, so they are consecutive
-        rgb = self.big.reformat(format="gbrp")
-        for dst, plane in ((1, 0), (2, 1), (0, 2)):  # gbrp planes are G, B, R
-            p = rgb.planes[plane]
-            a = np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[lo * h:hi * h, 0:2 * w:2]
-            out[lo:hi, dst] = a.reshape(hi - lo, h, w)
+        p = self.big.reformat(format="rgb24").planes[0]
+        rgb = np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[lo * gh:hi * gh, :6 * self.gw]
+        rgb = rgb.reshape(hi - lo, gh, self.gw, 6)[..., :3]  # the even (real) pixels
+        if self.maps is None:
+            out[lo:hi] = rgb
+        else:
+            for k in range(hi - lo):
+                cv2.remap(np.ascontiguousarray(rgb[k]), *self.maps, cv2.INTER_LINEAR, dst=out[lo + k])
         self.slots = []
 
 
@@ -209,25 +211,22 @@ def _decode_pyav(info: VideoInfo, first: int, stop: int, fast: bool) -> Iterator
 
 def _pyav_batches(groups: Generator[list, None, None], info: VideoInfo, size: tuple[int, int],
                   batch: int) -> Iterator[FrameBatch]:
-    """Decoded frames -> batches of detection pixels (see `_Subsampler`)."""
-    from av.video.reformatter import Interpolation, VideoReformatter
+    """Decoded frames -> batches of detection pixels (see `_Sampler`)."""
+    import cv2
 
+    cv2.setNumThreads(1)  # tiny images: OpenCV's worker pool would only compete with the decoder for cores
     w, h = size
-    reformatter = VideoReformatter()
-    sampler = _Subsampler(w, h, batch)
-    buf = np.empty((batch, 3, h, w), np.uint8)
+    sampler = _Sampler(w, h, batch)
+    buf = np.empty((batch, h, w, 3), np.uint8)
     idx, tms, n = np.empty(batch, np.int64), np.empty(batch), 0
     try:
         for group in groups:
             for i, frame in group:
                 if sampler.accepts(frame):
                     sampler.put(n, frame, buf)
-                else:
+                else:  # other pixel formats (4:4:4, 10-bit ...): PySceneDetect's own way, whole frame then resize
                     sampler.flush(buf)  # its slots must stay consecutive
-                    small = reformatter.reformat(frame, w, h, "gbrp", interpolation=Interpolation.POINT)
-                    for dst, plane in ((1, 0), (2, 1), (0, 2)):  # gbrp planes are G, B, R
-                        p = small.planes[plane]
-                        buf[n, dst] = np.frombuffer(p, np.uint8).reshape(h, p.line_size)[:, :w]
+                    cv2.resize(frame.to_ndarray(format="rgb24"), (w, h), dst=buf[n], interpolation=cv2.INTER_LINEAR)
                 idx[n], tms[n] = i, info.times[min(i, info.frame_count - 1)]
                 n += 1
                 if n == batch:
@@ -245,7 +244,7 @@ def _scan_decord(vr, info: VideoInfo, first: int, stop: int, batch: int) -> Iter
     for a in range(first, stop, batch):
         ids = np.arange(a, min(stop, a + batch))
         rgb = vr.get_batch(ids.tolist()).asnumpy()
-        yield FrameBatch(ids, info.times[ids], np.ascontiguousarray(rgb.transpose(0, 3, 1, 2)))
+        yield FrameBatch(ids, info.times[ids], np.ascontiguousarray(rgb))
     vr.seek(0)  # decord keeps decoding ahead after get_batch (dmlc/decord#197)
 
 

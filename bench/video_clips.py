@@ -1,0 +1,158 @@
+"""Composed test clips for `kvl video scenes`: real pictures under a moving camera, with known boundaries.
+
+    .venv/bin/python bench/video_clips.py [--out DIR]   # writes <name>.mp4 + <name>.json, prints the list
+
+Sources are real files from ../shared/realdata (GUI and phone screenshots, slides, photos of paper, stills of
+PySceneDetect's test films), never copied into the repository. Each clip is a list of shots, each a virtual
+camera over one picture (pan, zoom or still, with sensor noise), joined by hard cuts, dissolves or fades
+through black; some shots get a 2-frame camera flash. The truth (`<name>.json`) lists every boundary with its
+frame (a dissolve's or fade's middle, tests/tasks/video/synth.py) and kind, and the flashes, which are not
+boundaries.
+
+Two sets: `tune_*` clips were looked at while choosing the gradual-transition and structure settings;
+`heldout_*` clips were made after those settings were fixed and only ever measured.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+REAL = REPO.parent / "shared" / "realdata"
+
+from tests.tasks.video.synth import camera, dissolve, fade_through_black, flash, write_video  # noqa: E402
+
+PICTURES = {
+    "web1": "gui/screenspot_v2/web_6f93090a-81f6-489e-bb35-1a2838b18c01.png",
+    "web2": "gui/screenspot_v2/web_dfacd48d-d2c2-492f-b94c-41e6a34ea99f.png",
+    "phone0": "gui/aitw_episode/GOOGLE_APPS-523638528775825151_0.png",
+    "phone1": "gui/aitw_episode/GOOGLE_APPS-523638528775825151_1.png",
+    "phone2": "gui/aitw_episode/GOOGLE_APPS-523638528775825151_2.png",
+    "phone3": "gui/aitw_episode/GOOGLE_APPS-523638528775825151_3.png",
+    "paper_photo": "documents/mdpbench/en_paper_13_indoor_light_top_bend-in.JPEG",
+    "paper": "documents/mdpbench/en_paper_13.jpg",
+    "slide": "documents/mdpbench/zh_slide_45.jpg",
+}
+STILLS = {  # film frames: (file, frame number)
+    "film_a": ("video/goldeneye-vfr-drop3.mp4", 20), "film_b": ("video/goldeneye-vfr-drop3.mp4", 100),
+    "film_c": ("video/testvideo.mp4", 100), "film_d": ("video/testvideo.mp4", 450),
+    "film_e": ("video/testvideo.mp4", 620), "film_f": ("video/goldeneye-vfr-drop3.mp4", 150),
+}
+
+# shot: (picture, frames, box0, box1 or None, noise); joins[i] joins shot i and i + 1:
+# "cut" | ("dissolve", k) | ("fade", k, black frames). flashes: (shot, frame within the shot).
+CLIPS = {
+    "tune_a": dict(size=(640, 360), fps=25, shots=[
+        ("web1", 110, (0, 0, 1280, 720), (700, 300, 1980, 1020), 3),
+        ("paper_photo", 80, (200, 400, 1400, 1075), (500, 700, 1100, 1037), 3),
+        ("film_c", 90, (0, 0, 1280, 720), (100, 50, 1060, 590), 2),
+        ("slide", 120, (0, 100, 1200, 775), (1400, 700, 2600, 1375), 3),
+        ("phone0", 70, (0, 60, 270, 212), (0, 300, 270, 452), 2),
+        ("paper", 80, (100, 200, 1500, 987), None, 3),
+        ("film_a", 90, (0, 0, 1280, 544), (200, 0, 1100, 506), 2),
+    ], joins=["cut", ("dissolve", 16), "cut", "cut", "cut", ("dissolve", 24)], flashes=[(2, 40)]),
+    "tune_b": dict(size=(854, 480), fps=30, shots=[
+        ("film_d", 100, (0, 0, 1280, 720), (200, 100, 1000, 550), 2),
+        ("web2", 90, (0, 200, 1280, 920), (1200, 200, 2480, 920), 3),
+        ("phone2", 80, (0, 0, 270, 152), (0, 250, 270, 402), 3),
+        ("slide", 90, (300, 300, 1500, 975), (0, 0, 2667, 1500), 3),
+        ("film_b", 100, (0, 0, 1280, 544), None, 3),
+        ("phone1", 80, (0, 100, 270, 252), (0, 400, 270, 552), 2),
+        ("paper_photo", 90, (0, 0, 1536, 864), (300, 300, 1236, 826), 2),
+    ], joins=[("dissolve", 12), "cut", "cut", ("fade", 8, 4), ("dissolve", 20), "cut"], flashes=[(4, 50)]),
+    "tune_c_720p": dict(size=(1280, 720), fps=30, shots=[
+        ("slide", 110, (0, 0, 1333, 750), (1300, 700, 2633, 1450), 3),
+        ("film_e", 90, (0, 0, 1280, 720), (150, 80, 1030, 575), 2),
+        ("web1", 100, (1200, 0, 2560, 765), (0, 600, 1360, 1365), 3),
+        ("phone3", 80, (0, 200, 270, 352), (0, 40, 270, 192), 3),
+        ("paper", 90, (0, 300, 1700, 1256), (300, 800, 1300, 1362), 3),
+        ("phone0", 80, (0, 0, 270, 152), (0, 380, 270, 532), 2),
+        ("film_f", 100, (0, 0, 1280, 544), (100, 40, 1000, 546), 2),
+        ("web2", 100, (0, 0, 1280, 720), (300, 200, 1580, 920), 3),
+    ], joins=["cut", ("dissolve", 18), "cut", ("fade", 10, 6), "cut", ("dissolve", 10), "cut"],
+        flashes=[(1, 45), (6, 30)]),
+    "tune_d_1080p": dict(size=(1920, 1080), fps=25, shots=[
+        ("film_c", 90, (0, 0, 1280, 720), (320, 180, 960, 540), 2),
+        ("paper_photo", 90, (0, 100, 1536, 964), (0, 1000, 1536, 1864), 3),
+        ("web2", 80, (0, 0, 1280, 720), (1280, 700, 2560, 1420), 3),
+        ("paper", 80, (0, 0, 1700, 956), (0, 1200, 1700, 2156), 3),
+        ("film_b", 90, (0, 0, 1280, 544), (250, 60, 1050, 510), 2),
+        ("slide", 100, (0, 0, 2667, 1500), (700, 400, 1900, 1075), 3),
+        ("phone1", 80, (0, 300, 270, 452), (0, 100, 270, 252), 2),
+    ], joins=[("dissolve", 28), "cut", "cut", ("dissolve", 14), "cut", ("fade", 6, 3)], flashes=[(4, 40)]),
+}
+
+
+def picture(name: str) -> np.ndarray:
+    from PIL import Image
+
+    if name in PICTURES:
+        return np.asarray(Image.open(REAL / PICTURES[name]).convert("RGB"))
+    import av
+
+    path, at = STILLS[name]
+    with av.open(str(REAL / path)) as c:
+        for i, f in enumerate(c.decode(video=0)):
+            if i == at:
+                return f.to_ndarray(format="rgb24")
+    raise ValueError(name)
+
+
+def build(name: str, out: Path) -> tuple[Path, dict]:
+    spec = CLIPS[name]
+    size, fps = spec["size"], spec["fps"]
+    shots = []
+    for k, (pic, n, box0, box1, noise) in enumerate(spec["shots"]):
+        frames = camera(picture(pic), n, box0, box1, size, noise, seed=k)
+        for shot, at in spec["flashes"]:
+            if shot == k:
+                flash(frames, at)
+        shots.append(frames)
+    frames, truth, flashes = list(shots[0]), [], []
+    for shot, at in spec["flashes"]:
+        if shot == 0:
+            flashes.append(at)
+    for k, join in enumerate(spec["joins"]):
+        b = shots[k + 1]
+        start = len(frames)  # where shot b's frame 0 lands
+        if join == "cut":
+            frames, mid, kind = frames + b, start, "cut"
+        elif join[0] == "dissolve":
+            frames, mid = dissolve(frames, b, join[1])
+            kind, start = "dissolve", start - join[1]
+        else:
+            frames, mid = fade_through_black(frames, b, join[1], join[2])
+            kind, start = "fade", start + join[2]
+        truth.append({"frame": int(mid), "kind": kind})
+        flashes += [start + at for shot, at in spec["flashes"] if shot == k + 1]
+    path = write_video(out / f"{name}.mp4", frames, fps=fps, crf=23)
+    facts = {"clip": name, "size": list(size), "fps": fps, "frames": len(frames), "boundaries": truth,
+             "flashes": flashes, "held_out": name.startswith("heldout")}
+    (out / f"{name}.json").write_text(json.dumps(facts, indent=1) + "\n")
+    return path, facts
+
+
+def ensure(out: Path, names=None) -> list[tuple[Path, dict]]:
+    """The clips, built once into `out` (rebuilt when the truth file is missing)."""
+    out.mkdir(parents=True, exist_ok=True)
+    got = []
+    for name in names or CLIPS:
+        p, j = out / f"{name}.mp4", out / f"{name}.json"
+        got.append((p, json.loads(j.read_text())) if p.exists() and j.exists() else build(name, out))
+    return got
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "clips")
+    args = ap.parse_args()
+    for path, facts in ensure(args.out):
+        print(path, facts["frames"], "frames", [(b["frame"], b["kind"]) for b in facts["boundaries"]],
+              "flashes", facts["flashes"])
