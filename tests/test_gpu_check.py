@@ -37,7 +37,8 @@ def test_smoke_runs_every_part_and_writes_the_report(tmp_path):
     train = list(rows["train"].values())
     assert len(train) == 2 and all(r["value"] > 0 for r in train)
     nano = rows["nano"]
-    assert "nano held-out OCR CER" in nano and 0 <= nano["nano held-out OCR CER"]["value"] <= 100
+    # CER counts insertions too, so an untrained smoke model can score above 100%
+    assert "nano held-out OCR CER" in nano and nano["nano held-out OCR CER"]["value"] >= 0
     assert any(name.startswith("nano sft") and r["value"] > 0 for name, r in nano.items())
     # The table printed for docs/gpu.md names every part.
     table = (tmp_path / "gpu_check.md").read_text()
