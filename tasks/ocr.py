@@ -310,7 +310,9 @@ def ocr(
         name = engine.name
     report = {"error": print_error, "warning": print_warning}
     stdout = sys.stdout  # captured before the progress display can redirect it
-    with progress("page") as bar:
+    # on a terminal the live bar is gone when done (stdout and the summary are what stays); in a log its final
+    # state is kept
+    with progress("page", transient=err_console.is_terminal) as bar:
         summary = run_batch(engine, sources, opts, out, force, lambda lvl, m: report[lvl](m), bar, stdout, name)
     if out is not None:
         rate = summary.pages / summary.seconds if summary.seconds else 0.0
