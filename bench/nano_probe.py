@@ -66,14 +66,8 @@ def font(name: str, size: int):
     raise FileNotFoundError(name)
 
 
-class Line:
-    """A rendered line and where each character's centre is (for the dense reading loss)."""
-
-    def __init__(self, img: Image.Image, centers: list[tuple[float, float]]):
-        self.img, self.centers = img, centers
-
-
 def render(text: str, fnt, rng: random.Random, jitter: bool) -> Image.Image:
+    """The line on white; img.info["centers"] holds each character's centre (for the dense reading loss)."""
     x0, y0, x1, y1 = fnt.getbbox(text)
     pad_x = rng.randint(2, 20) if jitter else 6
     pad_y = rng.randint(2, 10) if jitter else 5
@@ -311,6 +305,13 @@ def cnn_baseline(args, task, held) -> dict:
     return {"args": vars(args), "curve": curve}
 
 
+def _save(out: str | None, result: dict) -> dict:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=1))
+    return result
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="lines", choices=["words200", "lines"])
@@ -343,6 +344,13 @@ def main(argv=None) -> dict:
 
     torch.set_num_threads(args.threads)
     LINE_SHAPE.update(max_words=args.max_words, max_word_len=args.max_word_len)
+    task = Task(args.task, args.seed)
+    held_rng = random.Random(10_000 + args.seed)
+    held = [task.sample(held_rng, heldout=True) for _ in range(args.heldout)]
+    held_in = [task.sample(held_rng, heldout=False) for _ in range(args.heldout)] if args.task == "lines" else []
+    if args.baseline:
+        result = cnn_baseline(args, task, held)
+        return _save(args.out, result)
     torch.manual_seed(args.seed)
     cfg = preset("nano")
     cfg.torch_dtype = "float32"
@@ -363,16 +371,6 @@ def main(argv=None) -> dict:
             g["lr"] = args.lr_adamw
         g["peak"] = g["lr"]
     opt = Muon(groups, track_rms=False)
-    task = Task(args.task, args.seed)
-    held_rng = random.Random(10_000 + args.seed)
-    held = [task.sample(held_rng, heldout=True) for _ in range(args.heldout)]
-    held_in = [task.sample(held_rng, heldout=False) for _ in range(args.heldout)] if args.task == "lines" else []
-    if args.baseline:
-        result = cnn_baseline(args, task, held)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(result, indent=1))
-        return result
     steps = math.ceil(args.images / args.batch)
     curve, t0, seen, run_loss, run_n = [], time.perf_counter(), 0, 0.0, 0
 
@@ -419,11 +417,7 @@ def main(argv=None) -> dict:
         if seen // args.eval_every != (seen - args.batch) // args.eval_every or step == steps - 1:
             evaluate()
             run_loss, run_n = 0.0, 0
-    result = {"args": vars(args), "curve": curve}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=1))
-    return result
+    return _save(args.out, {"args": vars(args), "curve": curve})
 
 
 def plot(png: str, files: list[str]) -> None:

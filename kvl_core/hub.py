@@ -41,8 +41,7 @@ DEFAULT_MODEL = "kvl-nano"
 # fluent noise), unless the user names the model (`--model kvl-nano`).
 BUILTIN_SKILLS = ("ocr", "ground")
 SKILL_WORDS = {"ocr": "read documents to markdown (`kvl ocr`)",
-               "ground": "point at a control on a screen (`kvl agent ground`)",
-               "invoice-qa": "answer key lookups on invoices (`kvl pdf ask`, `kvl chat` with an image)"}
+               "ground": "point at a control on a screen (`kvl agent ground`)"}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
 
 
@@ -103,15 +102,21 @@ def builtin_model(name: str) -> Path | None:
     return path if name in BUILTIN_MODELS and (path / "config.json").exists() else None
 
 
-def builtin_quality(name: str) -> str:
-    """The held-out metrics the shipped weights were exported with (kvl_model.json), in words."""
+def _builtin_meta(name: str) -> dict:
+    """A built-in model's kvl_model.json (recipe, metrics, skills), or {} when absent or unreadable."""
     import json
 
     path = builtin_model(name)
     try:
-        ev = json.loads((path / "kvl_model.json").read_text()).get("eval", {}) if path else {}
+        meta = json.loads((path / "kvl_model.json").read_text()) if path else {}
     except (OSError, ValueError):
-        return ""
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def builtin_quality(name: str) -> str:
+    """The held-out metrics the shipped weights were exported with (kvl_model.json), in words."""
+    ev = _builtin_meta(name).get("eval", {})
     parts = []
     if "cer" in ev.get("ocr", {}).get("metrics", {}):
         parts.append(f"held-out OCR CER {ev['ocr']['metrics']['cer']:.0f}%")
@@ -123,13 +128,7 @@ def builtin_quality(name: str) -> str:
 
 def builtin_skills(name: str = DEFAULT_MODEL) -> tuple[str, ...]:
     """The skills a built-in model was exported with (kvl_model.json "skills"), else BUILTIN_SKILLS."""
-    import json
-
-    path = builtin_model(name)
-    try:
-        skills = json.loads((path / "kvl_model.json").read_text()).get("skills") if path else None
-    except (OSError, ValueError):
-        skills = None
+    skills = _builtin_meta(name).get("skills")
     return tuple(skills) if isinstance(skills, list) and skills else BUILTIN_SKILLS
 
 
