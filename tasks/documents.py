@@ -194,6 +194,7 @@ class PdfDocument(Document):
         super().__init__(source)
         import pymupdf
 
+        self._last_layer: tuple | None = None  # (number, page, span dict) of the last page `_layer` read
         pymupdf.TOOLS.mupdf_display_errors(False)  # MuPDF would print its own lines next to ours
         try:
             if source.data is not None:
@@ -226,6 +227,17 @@ class PdfDocument(Document):
         except Exception as e:
             raise KvlError(f"{self.label}: page {number} cannot be read ({_msg(e)})") from None
 
+    def _layer(self, number: int):
+        """(page, its span dictionary), kept for the last page asked: `--text-layer auto` judges a page and
+        then converts it, and extracting the layer is most of the cost of either."""
+        from kvl_tasks.text_layer import page_dict
+
+        cached = self._last_layer
+        if cached is None or cached[0] != number:
+            page = self._page(number)
+            cached = self._last_layer = (number, page, page_dict(page))
+        return cached[1], cached[2]
+
     def size_pt(self, number: int) -> tuple[float, float]:
         r = self._page(number).rect
         return float(r.width), float(r.height)
@@ -245,7 +257,8 @@ class PdfDocument(Document):
         from kvl_tasks.text_layer import page_markdown
 
         try:
-            return page_markdown(self._page(number), keep_furniture)
+            page, d = self._layer(number)
+            return page_markdown(page, keep_furniture, d)
         except KvlError:
             raise
         except Exception as e:
@@ -256,7 +269,7 @@ class PdfDocument(Document):
         from kvl_tasks.text_layer import judge
 
         try:
-            return judge(self._page(number))
+            return judge(*self._layer(number))
         except KvlError:
             raise
         except Exception as e:

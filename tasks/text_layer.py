@@ -339,9 +339,14 @@ def _block_units(block: dict, body: float, heading_sizes: list[float], page_h: f
     return units
 
 
-def page_markdown(page, keep_furniture: bool = False) -> str:
-    """One pymupdf page's text layer as markdown (see the module docstring)."""
-    d = page.get_text("dict", flags=_flags())
+def page_dict(page) -> dict:
+    """The page's text layer as pymupdf's span dictionary (what `judge` and `page_markdown` read)."""
+    return page.get_text("dict", flags=_flags())
+
+
+def page_markdown(page, keep_furniture: bool = False, d: dict | None = None) -> str:
+    """One pymupdf page's text layer as markdown (see the module docstring); `d`: its `page_dict`."""
+    d = d if d is not None else page_dict(page)
     w, h = page.rect.width, page.rect.height
     blocks = [b for b in d["blocks"] if b.get("type", 0) == 0]
     sizes: Counter = Counter()
@@ -389,9 +394,9 @@ def _flags() -> int:
     return pymupdf.TEXT_PRESERVE_WHITESPACE | pymupdf.TEXT_MEDIABOX_CLIP
 
 
-def judge(page) -> tuple[bool, str]:
-    """(use the text layer?, why) for `--text-layer auto`."""
-    d = page.get_text("dict", flags=_flags())
+def judge(page, d: dict | None = None) -> tuple[bool, str]:
+    """(use the text layer?, why) for `--text-layer auto`; `d`: the page's `page_dict`."""
+    d = d if d is not None else page_dict(page)
     visible = invisible = junk = 0
     for b in d["blocks"]:
         if b.get("type", 0) != 0:
