@@ -313,7 +313,9 @@ def ocr(
     # on a terminal the live bar is gone when done (stdout and the summary are what stays); in a log its final
     # state is kept
     with progress("page", transient=err_console.is_terminal) as bar:
-        summary = run_batch(engine, sources, opts, out, force, lambda lvl, m: report[lvl](m), bar, stdout, name)
+        # both streams on one terminal: write pages through the live display (it keeps the bar below them)
+        sink = sys.stdout if stdout.isatty() and err_console.is_terminal else stdout
+        summary = run_batch(engine, sources, opts, out, force, lambda lvl, m: report[lvl](m), bar, sink, name)
     if out is not None:
         rate = summary.pages / summary.seconds if summary.seconds else 0.0
         err_console.print(f"{len(summary.written)} written, {len(summary.skipped)} skipped (output exists; --force "
