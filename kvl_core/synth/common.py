@@ -9,6 +9,7 @@ function of its RNG seed (numpy noise is seeded from it too).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import random
@@ -19,11 +20,19 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 # ---- fonts ----------------------------------------------------------------------------------------
 
-FAMILIES = ("sans", "mono", "serif")
+FAMILIES = ("sans", "mono", "serif")  # DejaVu: the classic three, used by screens and by default
+# More faces for documents, so a reader learns glyphs rather than one typeface: DejaVu's obliques, STIX
+# (a Times-like serif) and Pillow's built-in Aileron (what `ImageFont.load_default` draws with), all
+# shipped by matplotlib or Pillow, so every install can generate them. Aileron has no bold face: bold is
+# double-struck, as for every family when matplotlib's fonts are missing.
+DOC_FAMILIES = FAMILIES + ("sans-oblique", "mono-oblique", "stix", "aileron")
 _FILES = {
     ("sans", False): "DejaVuSans.ttf", ("sans", True): "DejaVuSans-Bold.ttf",
     ("mono", False): "DejaVuSansMono.ttf", ("mono", True): "DejaVuSansMono-Bold.ttf",
     ("serif", False): "DejaVuSerif.ttf", ("serif", True): "DejaVuSerif-Bold.ttf",
+    ("sans-oblique", False): "DejaVuSans-Oblique.ttf", ("sans-oblique", True): "DejaVuSans-BoldOblique.ttf",
+    ("mono-oblique", False): "DejaVuSansMono-Oblique.ttf", ("mono-oblique", True): "DejaVuSansMono-BoldOblique.ttf",
+    ("stix", False): "STIXGeneral.ttf", ("stix", True): "STIXGeneralBol.ttf",
 }
 
 
@@ -38,16 +47,19 @@ def font_dir() -> Path | None:
     return d if (d / "DejaVuSans.ttf").exists() else None
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=1024)
 def get_font(family: str, size: int, bold: bool = False):
-    """A FreeType font; Pillow's built-in scalable default when DejaVu is unavailable (then bold is
-    imitated by `draw_text`)."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown font family {family!r} (one of {', '.join(FAMILIES)})")
+    """A FreeType font; Pillow's built-in scalable default (Aileron) for "aileron" and whenever
+    matplotlib's fonts are unavailable. Such a font has `kvl_fake_bold` set when bold was asked for:
+    `draw_text` then double-strikes it."""
+    if family not in DOC_FAMILIES:
+        raise ValueError(f"unknown font family {family!r} (one of {', '.join(DOC_FAMILIES)})")
     d = font_dir()
-    if d is not None:
+    if d is not None and (family, bold) in _FILES and (d / _FILES[family, bold]).exists():
         return ImageFont.truetype(str(d / _FILES[family, bold]), size)
-    return ImageFont.load_default(size)
+    font = ImageFont.load_default(size)
+    font.kvl_fake_bold = bold
+    return font
 
 
 def has_real_bold() -> bool:
@@ -56,7 +68,7 @@ def has_real_bold() -> bool:
 
 def draw_text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, fill, bold: bool = False) -> None:
     draw.text(xy, text, font=font, fill=fill)
-    if bold and not has_real_bold():  # fallback font has no bold face: double-strike it
+    if bold and getattr(font, "kvl_fake_bold", False):  # no bold face: double-strike it
         draw.text((xy[0] + 1, xy[1]), text, font=font, fill=fill)
 
 
@@ -161,6 +173,45 @@ COLORS = {
     "red": (210, 40, 40), "blue": (40, 80, 210), "green": (40, 160, 60), "yellow": (235, 200, 30),
     "orange": (240, 130, 20), "purple": (130, 60, 180), "black": (20, 20, 20), "gray": (128, 128, 128),
 }
+
+
+# Word lists a random vocabulary replaces (KEYS stay: value_for_key dispatches on them).
+_VOCAB = ("NOUNS", "ADJECTIVES", "VERBS_PAST", "VERBS_BASE", "TIME_WORDS", "PREPOSITIONS", "DETERMINERS", "SUBJECTS",
+          "FIRST_NAMES", "LAST_NAMES", "CITIES", "STATUSES", "ROLES", "ITEMS", "STORES", "HEADING_NOUNS",
+          "HEADING_ADJS", "MONTHS", "DAYS")
+_LOWER, _UPPER, _DIGITS = "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789"
+
+
+def random_word(rng: random.Random, like: str) -> str:
+    """A string shaped like `like` (same length, case and digit pattern, punctuation and spaces kept) with
+    random letters and digits: text no reader can guess from a language prior."""
+    out = []
+    for ch in like:
+        if ch.islower():
+            out.append(rng.choice(_LOWER))
+        elif ch.isupper():
+            out.append(rng.choice(_UPPER))
+        elif ch.isdigit():
+            out.append(rng.choice(_DIGITS))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+@contextlib.contextmanager
+def random_vocabulary(rng: random.Random):
+    """Within the block, every word list above holds random strings shaped like its words (fresh ones
+    per call), so documents keep their layouts and markdown but their words are outside any corpus: a
+    model trained on them has to read glyphs, not recall vocabulary. Swaps this module's globals (the
+    generators look them up at call time); not for concurrent threads."""
+    g = globals()
+    saved = {name: g[name] for name in _VOCAB}
+    try:
+        for name, words in saved.items():
+            g[name] = tuple(random_word(rng, w) for w in words)
+        yield
+    finally:
+        g.update(saved)
 
 
 # ---- value generators -----------------------------------------------------------------------------
@@ -312,14 +363,20 @@ def ink_color(rng: random.Random, jitter: float = 1.0) -> tuple[int, int, int]:
 
 
 def degrade(img: Image.Image, rng: random.Random, *, rotation: float, blur_p: float,
-            blur_radius: tuple[float, float], noise: float, fill, p: float = 0.4, noise_p: float = 0.3) -> Image.Image:
+            blur_radius: tuple[float, float], noise: float, fill, p: float = 0.4, noise_p: float = 0.3,
+            record: dict | None = None) -> Image.Image:
     """Scanner-like nuisances, each applied with probability `p` (blur `blur_p`, noise `noise_p`): a tiny rotation
     (same size), a slight blur, light Gaussian noise. Bilinear rotation and float32 noise keep this
-    cheap; PNG encoding of the noise is then the main cost of a sample."""
+    cheap; PNG encoding of the noise is then the main cost of a sample. `record["angle"]` receives the
+    rotation applied (degrees counter-clockwise about the centre; 0 when none), so glyph positions can follow."""
+    if record is not None:
+        record["angle"] = 0.0
     if rotation > 0 and rng.random() < p:
         angle = rng.uniform(-rotation, rotation)
         if abs(angle) > 0.05:
             img = img.rotate(angle, resample=Image.BILINEAR, fillcolor=fill)
+            if record is not None:
+                record["angle"] = angle
     if blur_p > 0 and rng.random() < blur_p:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(*blur_radius)))
     if noise > 0 and rng.random() < noise_p:
@@ -331,6 +388,16 @@ def degrade(img: Image.Image, rng: random.Random, *, rotation: float, blur_p: fl
         n = (gen.standard_normal(size=arr.shape[:2], dtype=np.float32) * sigma).round().astype(np.int16)
         img = Image.fromarray(np.clip(arr + n[..., None], 0, 255).astype(np.uint8), "RGB")
     return img
+
+
+def rotate_points(points, angle: float, size: tuple[int, int]):
+    """Where points land after `Image.rotate(angle)` (counter-clockwise, about the centre, same size)."""
+    if not angle:
+        return list(points)
+    t = math.radians(angle)
+    c, s_ = math.cos(t), math.sin(t)
+    cx, cy = size[0] / 2, size[1] / 2
+    return [(cx + (x - cx) * c + (y - cy) * s_, cy - (x - cx) * s_ + (y - cy) * c) for x, y in points]
 
 
 def is_gray(img: Image.Image) -> bool:

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from kvl_core.prompts import GUI_SYSTEM_PROMPT, gui_user_text, ocr_prompt
 from kvl_core.synth import captions as CAP
-from kvl_core.synth.documents import DocPlan, DocSpec, draw_document, plan_document
+from kvl_core.synth.documents import DocPlan, DocSpec, draw_document, glyphs, plan_document
 from kvl_core.synth.screens import ScreenPlan, ScreenSpec, Target, draw_screen, ground_truth_answer, plan_screen
 
 TRAIN_KINDS = ("ocr", "ground", "caption", "text")
@@ -124,10 +124,13 @@ def _train_item(kind: str, seed: int, index: int, cfg: SynthConfig) -> tuple[lis
         rng, plan, _ = _plan_doc("train", kind, seed, index, cfg.doc)
         if kind == "text":
             return [{"text": plan.markdown}], None
-        img = draw_document(plan, rng, cfg.doc)
+        drawn: dict = {}
+        img = draw_document(plan, rng, cfg.doc, record=drawn)
         rec = {"messages": [
             {"role": "user", "content": [{"type": "image", "image": "{image}"}, {"type": "text", "text": ocr_prompt()}]},
-            {"role": "assistant", "content": plan.markdown}], "layout": plan.layout}
+            {"role": "assistant", "content": plan.markdown}], "layout": plan.layout,
+            # where every character was drawn: the targets of the dense reading stages (training/reading.py)
+            "glyphs": [[g.char, round(g.x, 1), round(g.y, 1), int(g.bold)] for g in glyphs(plan, drawn["angle"])]}
         return [rec], _png(img)
     if kind == "ground":
         rng, plan, _ = _plan_screen("train", kind, seed, index, cfg.screen)

@@ -81,6 +81,7 @@ class DocSpec:
     blur: float = 0.25  # probability of a slight blur
     blur_radius: tuple[float, float] = (0.3, 0.6)
     noise: float = 5.0  # max Gaussian sigma in grey levels
+    random_words: float = 0.0  # share of documents whose words are random strings (C.random_vocabulary)
 
     def __post_init__(self) -> None:
         if self.max_lines < 1:
@@ -369,6 +370,13 @@ def _layout_receipt(b: _Builder) -> dict:
 
 def plan_document(rng: random.Random, spec: DocSpec = DocSpec()) -> DocPlan:
     """Every random choice of a document and its Markdown, without drawing it."""
+    if spec.random_words > 0 and rng.random() < spec.random_words:
+        with C.random_vocabulary(rng):
+            return _plan_document(rng, spec)
+    return _plan_document(rng, spec)
+
+
+def _plan_document(rng: random.Random, spec: DocSpec) -> DocPlan:
     for _attempt in range(20):
         b = _Builder(rng, spec)
         layout = rng.choices(spec.layouts, weights=spec.layout_weights)[0]
@@ -396,7 +404,38 @@ def plan_document(rng: random.Random, spec: DocSpec = DocSpec()) -> DocPlan:
                    C.paper_color(rng), C.ink_color(rng, spec.color_jitter), info)
 
 
-def draw_document(plan: DocPlan, rng: random.Random, spec: DocSpec = DocSpec()) -> Image.Image:
+@dataclass(frozen=True)
+class Glyph:
+    """One drawn character: its centre (x: the middle of its advance; y: the middle of the font's
+    x-height band, the same for every character of a run), font size in px, bold."""
+
+    char: str
+    x: float
+    y: float
+    size: int
+    bold: bool
+
+
+def glyphs(plan: DocPlan, angle: float = 0.0) -> list[Glyph]:
+    """Every character `draw_document` draws (spaces included), in drawing order, after the rotation
+    `angle` that `degrade` recorded: the per-character targets of the dense reading loss."""
+    out: list[Glyph] = []
+    for line in plan.lines:
+        for run in line.runs:
+            font = C.get_font(plan.family, line.size, run.bold)
+            x = run.x - font.getlength(run.text) if run.right else run.x
+            ty = line.y + (line.height - line.size * 1.2) / 2
+            _, y0, _, y1 = font.getbbox("x")
+            cy = ty + (y0 + y1) / 2
+            pts = [(x + (font.getlength(run.text[:i]) + font.getlength(run.text[: i + 1])) / 2, cy)
+                   for i in range(len(run.text))]
+            pts = C.rotate_points(pts, angle, plan.size)
+            out += [Glyph(ch, px, py, line.size, run.bold) for ch, (px, py) in zip(run.text, pts)]
+    return out
+
+
+def draw_document(plan: DocPlan, rng: random.Random, spec: DocSpec = DocSpec(),
+                  record: dict | None = None) -> Image.Image:
     img = Image.new("RGB", plan.size, plan.background)
     d = ImageDraw.Draw(img)
     for line in plan.lines:
@@ -410,7 +449,7 @@ def draw_document(plan: DocPlan, rng: random.Random, spec: DocSpec = DocSpec()) 
     for r in plan.rules:
         d.line(r, fill=rule, width=1)
     return C.degrade(img, rng, rotation=spec.rotation, blur_p=spec.blur, blur_radius=spec.blur_radius,
-                     noise=spec.noise, fill=plan.background)
+                     noise=spec.noise, fill=plan.background, record=record)
 
 
 def render_document(rng: random.Random, spec: DocSpec = DocSpec()) -> tuple[Image.Image, str]:
@@ -419,4 +458,4 @@ def render_document(rng: random.Random, spec: DocSpec = DocSpec()) -> tuple[Imag
     return draw_document(plan, rng, spec), plan.markdown
 
 
-__all__ = ["DocPlan", "DocSpec", "LAYOUTS", "draw_document", "plan_document", "render_document"]
+__all__ = ["DocPlan", "DocSpec", "Glyph", "LAYOUTS", "draw_document", "glyphs", "plan_document", "render_document"]

@@ -33,14 +33,16 @@ from kvl_core.errors import KvlError
 
 @dataclass
 class StageRun:
-    stage: str  # a name of kvl_core.training.stages
+    stage: str  # a name of kvl_core.training.stages, or a reading stage (training/reading.py READ_MODES)
     steps: int
     data: list[str]  # synthetic kinds as KIND[:WEIGHT] ("ocr:2")
     lr: float
-    seq_len: int
-    batch_tokens: int
+    seq_len: int = 0  # trainer stages
+    batch_tokens: int = 0  # trainer stages
     micro_rows: int = 4
     name: str = ""  # run folder and log key (default: the stage name; set it when a stage repeats)
+    batch: int = 0  # reading stages: images per step
+    lr_vision: float = 0.0  # reading stages: peak LR of the vision tower, projector and dense head
 
     @property
     def key(self) -> str:
@@ -55,6 +57,8 @@ class Recipe:
     heldout: dict[str, int]  # evaluation samples per kind
     stages: list[StageRun]
     merges: int = 0  # BPE merges learned on the corpus (0: byte-level tokenizer)
+    doc_fonts: tuple[str, ...] = ()  # font families of generated documents (empty: the synth default)
+    random_words: float = 0.0  # share of generated documents whose words are random strings
     notes: str = ""
     scale: float = 1.0  # what `scaled` multiplied the steps and training data by (recorded in recipe.json)
 
@@ -77,35 +81,40 @@ def scaled(rec: Recipe, factor: float) -> Recipe:
 
 
 def nano() -> Recipe:
-    """kvl-nano on a 2-core CPU in about an hour (measured times in docs/nano.md).
+    """kvl-nano on a 2-core CPU (measured times in docs/nano.md).
 
-    Most of the budget goes to the tasks the model ships for (OCR to markdown, GUI grounding); the
-    earlier stages are kept because they are the paper's pipeline and cheap at this size: the ViT
-    learns glyphs from captions that transcribe the rendered text, align teaches the projector to
-    speak the LLM's embedding language while the LLM is frozen, and joint pre-training mixes text
-    with image-grounded data."""
+    Reading first, split in two so that neither half waits for the other (training/reading.py): the
+    vision tower learns glyphs from per-patch labels on crops of documents (read-vit, the paper's ViT
+    stage with a dense reading target instead of CoCa captions), the language model learns to read
+    out perfect visual tokens into markdown without encoding any image (read-lm), then both are
+    trained together on whole pages (read-joint), and the answer-only SFT mixes in GUI grounding."""
+    from kvl_core.synth.common import DOC_FAMILIES
+
     return Recipe(
-        name="nano", preset="nano", merges=NANO_MERGES,
-        samples={"caption": 3000, "text": 2000, "ocr": 10000, "ground": 6000},
-        heldout={"ocr": 200, "ground": 200},
+        name="nano", preset="nano", merges=NANO_MERGES, doc_fonts=DOC_FAMILIES, random_words=0.5,
+        samples={"ocr": 12000, "ground": 1000},
+        heldout={"ocr": 100, "ground": 100},
         stages=[
-            StageRun("vit", steps=100, data=["caption"], lr=2e-3, seq_len=128, batch_tokens=16 * 128),
-            StageRun("align", steps=40, data=["ocr", "ground"], lr=2e-3, seq_len=1024, batch_tokens=4 * 1024),
-            StageRun("pretrain", steps=150, data=["text", "ocr:2", "ground"], lr=3e-3, seq_len=1024,
-                     batch_tokens=4 * 1024),
-            StageRun("sft", steps=550, data=["ocr:2", "ground"], lr=2e-3, seq_len=1024, batch_tokens=4 * 1024),
+            StageRun("read-vit", steps=700, data=["ocr"], lr=2e-3, lr_vision=2e-3, batch=16),
+            StageRun("read-lm", steps=500, data=["ocr"], lr=3e-3, batch=16),
+            StageRun("read-joint", steps=100, data=["ocr"], lr=1e-3, lr_vision=5e-4, batch=8),
+            StageRun("sft", steps=40, data=["ocr", "ground"], lr=5e-4, seq_len=4096, batch_tokens=2 * 4096,
+                     micro_rows=1),
         ],
-        notes="vit -> align -> pretrain -> sft on generated documents, screens and captions",
+        notes="read-vit -> read-lm -> read-joint -> sft on generated documents (glyph positions) and screens",
     )
 
 
 def smoke() -> Recipe:
     """The nano pipeline shrunk to seconds on the tiny preset (tests, `--recipe smoke`)."""
     return Recipe(
-        name="smoke", preset="tiny",
+        name="smoke", preset="tiny", random_words=0.5,
         samples={"caption": 16, "text": 16, "ocr": 16, "ground": 16},
         heldout={"ocr": 4, "ground": 4},
         stages=[
+            StageRun("read-vit", steps=2, data=["ocr"], lr=1e-3, lr_vision=1e-3, batch=2),
+            StageRun("read-lm", steps=2, data=["ocr"], lr=1e-3, batch=2),
+            StageRun("read-joint", steps=1, data=["ocr"], lr=1e-3, lr_vision=1e-3, batch=2),
             StageRun("vit", steps=2, data=["caption"], lr=1e-3, seq_len=64, batch_tokens=4 * 64, micro_rows=4),
             StageRun("align", steps=2, data=["ocr", "ground"], lr=1e-3, seq_len=512, batch_tokens=2 * 512,
                      micro_rows=2),
@@ -138,24 +147,39 @@ def _kinds(specs: list[str]) -> list[tuple[str, str]]:
     return out
 
 
+def synth_config(rec: Recipe):
+    """The generator settings of a recipe (the synth defaults where it sets nothing)."""
+    from kvl_core.synth.dataset import SynthConfig
+    from kvl_core.synth.documents import DocSpec
+
+    doc = DocSpec(random_words=rec.random_words, **({"fonts": tuple(rec.doc_fonts)} if rec.doc_fonts else {}))
+    return SynthConfig(doc=doc)
+
+
 def prepare_data(rec: Recipe, out: Path, seed: int, emit: Callable[[str, dict], None],
                  workers: int | None = None) -> tuple[dict[str, Path], dict[str, Path]]:
     """Generate (or reuse) the training and held-out sets; returns ({kind: train JSONL}, {kind: held-out JSONL}).
-    The files do not depend on `workers` (default: every core, at most 16)."""
+    The files do not depend on `workers` (default: every core, at most 16). Held-out documents use the
+    recipe's fonts but never random words: they measure reading in the synthetic world itself."""
     import os
+    from dataclasses import replace as dc_replace
 
     from kvl_core import synth
 
     workers = workers or min(16, os.cpu_count() or 1)
+    config = synth_config(rec)
+    held_config = dc_replace(config, doc=dc_replace(config.doc, random_words=0.0))
+    tag = f" {rec.random_words} {','.join(rec.doc_fonts)}" if (rec.random_words or rec.doc_fonts) else ""
 
     paths: dict[str, Path] = {}
     for kind, n in rec.samples.items():
-        paths[kind] = _generate(out / "data" / kind, f"{n} {seed}", emit, f"{n} {kind} training samples",
-                                lambda folder, kind=kind, n=n: synth.write_train(kind, folder, n, seed, workers=workers))
+        paths[kind] = _generate(out / "data" / kind, f"{n} {seed}{tag}", emit, f"{n} {kind} training samples",
+                                lambda folder, kind=kind, n=n: synth.write_train(kind, folder, n, seed, config=config,
+                                                                                 workers=workers))
     held: dict[str, Path] = {}
     for kind, n in rec.heldout.items():
-        held[kind] = _generate(out / "heldout" / kind, f"{n}", emit, f"{n} held-out {kind} samples",
-                               lambda folder, kind=kind, n=n: synth.heldout(kind, n, folder))
+        held[kind] = _generate(out / "heldout" / kind, f"{n}{tag}", emit, f"{n} held-out {kind} samples",
+                               lambda folder, kind=kind, n=n: synth.heldout(kind, n, folder, config=held_config))
     return paths, held
 
 
@@ -221,6 +245,7 @@ def prepare_tokenizer(rec: Recipe, out: Path, paths: dict[str, Path]) -> Path | 
 def run(rec: Recipe, out: str | Path, seed: int = 0, resume: bool = False, device: str = "auto",
         on_event: Callable[[str, dict], None] | None = None) -> dict[str, Any]:
     """Run every stage of `rec` in order; returns the summary written to recipe.json."""
+    from kvl_core.training.reading import READ_MODES, ReadConfig, train_reading
     from kvl_core.training.trainer import TrainConfig, train
 
     emit = on_event or (lambda kind, info: None)
@@ -229,7 +254,7 @@ def run(rec: Recipe, out: str | Path, seed: int = 0, resume: bool = False, devic
     if out.exists() and any(out.iterdir()) and not resume:
         raise KvlError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"recipe": asdict(rec), "seed": seed, "stages": {}}
+    summary: dict[str, Any] = {"recipe": json.loads(json.dumps(asdict(rec))), "seed": seed, "stages": {}}
     if log_path.exists():
         previous_run = json.loads(log_path.read_text())
         recorded = {"scale": 1.0, **previous_run.get("recipe", summary["recipe"])}  # runs from before `scale`
@@ -251,6 +276,18 @@ def run(rec: Recipe, out: str | Path, seed: int = 0, resume: bool = False, devic
             previous = final
             continue
         specs = [f"{data[k]}:{w}" if w else str(data[k]) for k, w in _kinds(st.data)]
+        t1 = time.perf_counter()
+        if st.stage in READ_MODES:
+            result = train_reading(ReadConfig(
+                st.stage, str(stage_dir), str(data[_kinds(st.data)[0][0]]), steps=st.steps, batch=st.batch,
+                lr=st.lr, lr_vision=st.lr_vision, model=str(previous) if previous else None,
+                preset=None if previous else rec.preset,
+                tokenizer=str(tokenizer) if tokenizer and not previous else None, seed=seed, device=device), emit)
+            summary["stages"][st.key] = {"seconds": round(time.perf_counter() - t1, 1), "steps": st.steps,
+                                         "loss": result.get("loss"), "final": str(final)}
+            log_path.write_text(json.dumps(summary, indent=1) + "\n")
+            previous = final
+            continue
         cfg = TrainConfig(stage=st.stage, out=str(stage_dir), data=specs, steps=st.steps, lr=st.lr,
                           seq_len=st.seq_len, batch_tokens=st.batch_tokens, micro_rows=st.micro_rows,
                           seed=seed, device=device, resume=stage_dir.exists(),
@@ -258,7 +295,6 @@ def run(rec: Recipe, out: str | Path, seed: int = 0, resume: bool = False, devic
                           preset=None if previous else rec.preset,
                           tokenizer=str(tokenizer) if tokenizer and not previous else None,
                           save_every=max(50, st.steps // 4), keep=1)
-        t1 = time.perf_counter()
         result = train(cfg, on_event=emit)
         summary["stages"][st.key] = {"seconds": round(time.perf_counter() - t1, 1), "steps": st.steps,
                                      "loss": result.get("loss"), "final": str(final)}

@@ -35,10 +35,12 @@ from kvl_core.model import KimiVLForConditionalGeneration
 from kvl_core.training import stages as stage_recipes
 from kvl_core.training.init import init_weights
 
-# Max 14-px patches per image for a model trained from a preset (the released models use 4096).
-PRESET_PATCH_LIMIT = {"tiny": 256, "nano": 768}
-# Presets whose fresh models read at a larger image scale (ImageProcessor.upscale, docs/nano.md).
-PRESET_UPSCALE: dict[str, float] = {}
+# Max 14-px patches per image for a model trained from a preset (the released models use 4096). kvl-nano
+# reads at 2x (below): 3072 patches keep a 448 x 336 page at that scale instead of shrinking it back.
+PRESET_PATCH_LIMIT = {"tiny": 256, "nano": 3072}
+# Presets whose fresh models read at a larger image scale (ImageProcessor.upscale, docs/nano.md): a
+# 13-18 px glyph then spans about two 14-px patches, and a patch holds at most one or two glyph centres.
+PRESET_UPSCALE: dict[str, float] = {"nano": 2.0}
 SIDE_FILES = ("tiktoken.model", "tokenizer_config.json", "preprocessor_config.json", "generation_config.json")
 
 

@@ -123,3 +123,21 @@ def test_shape_captions_match_the_drawing():
         border = [img.getpixel((x, y)) for x in range(224) for y in (0, 223)] + \
                  [img.getpixel((x, y)) for y in range(224) for x in (0, 223)]
         assert len(set(border)) == 1, (seed, cap)  # shapes stay inside the picture
+
+
+def test_ocr_lines_carry_every_drawn_glyph(tmp_path):
+    """The reading stages' targets: one [char, x, y, bold] per drawn character, spaces included, inside the
+    image; the non-space characters spell the markdown's words."""
+    import json
+    import re
+
+    path = D.write_train("ocr", tmp_path, 6, seed=4)
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        with Image.open(tmp_path / row["messages"][0]["content"][0]["image"]) as im:
+            w, h = im.size
+        g = row["glyphs"]
+        assert g and all(len(x) == 4 and 0 <= x[1] < w and 0 <= x[2] < h and x[3] in (0, 1) for x in g)
+        drawn = "".join(x[0] for x in g).replace("\u2022", "")
+        md = re.sub(r"(\*\*|^#+ |^- |\| --- |\|)", "", row["messages"][1]["content"], flags=re.M)
+        assert sorted(drawn.replace(" ", "")) == sorted(md.replace(" ", "").replace("\n", "")), row["layout"]

@@ -115,3 +115,59 @@ def test_pillow_default_font_fallback(monkeypatch):
         assert img.size[0] >= 224 and md
     finally:
         C.get_font.cache_clear()
+
+
+def _ink_near(img, x: float, y: float, r: int = 3) -> int:
+    g = img.convert("L")
+    xs = range(max(0, round(x) - r), min(g.width, round(x) + r + 1))
+    ys = range(max(0, round(y) - r), min(g.height, round(y) + r + 1))
+    return min(g.getpixel((i, j)) for i in xs for j in ys)
+
+
+@pytest.mark.parametrize("rotation", [0.0, 1.0])
+def test_glyph_centres_sit_on_the_drawn_ink(rotation):
+    """The dense reading targets are only as good as these positions: every non-space glyph centre has
+    ink within a third of the font size (the hole of an "O" is no ink), also after the scanner rotation
+    (which moves the glyphs by up to ~4 px); a line pitch is at least 1.3 sizes, so a centre put on the
+    wrong line fails."""
+    from kvl_core.synth.documents import glyphs
+
+    spec = DocSpec(rotation=rotation, noise=0.0, blur=0.0, fonts=C.DOC_FAMILIES, random_words=0.5)
+    rotated = 0
+    for seed in range(30):
+        rng = random.Random(seed)
+        plan = plan_document(rng, spec)
+        drawn = {}
+        img = draw_document(plan, rng, spec, record=drawn)
+        rotated += drawn["angle"] != 0
+        gl = glyphs(plan, drawn["angle"])
+        assert "".join(g.char for g in gl) == "".join(r.text for line in plan.lines for r in line.runs)
+        dark = [_ink_near(img, g.x, g.y, g.size // 3) for g in gl if g.char.strip() and g.char not in ".,:'-"]
+        assert max(dark) < 160, (seed, plan.family)
+    assert rotated > 0 if rotation else rotated == 0
+
+
+def test_random_vocabulary_replaces_words_and_restores_the_lists():
+    before = (C.NOUNS, C.ITEMS, C.MONTHS)
+    with C.random_vocabulary(random.Random(3)):
+        assert C.NOUNS != before[0] and [len(w) for w in C.NOUNS] == [len(w) for w in before[0]]
+        assert C.MONTHS[0][0].isupper() and C.MONTHS[0] != "January"
+    assert (C.NOUNS, C.ITEMS, C.MONTHS) == before
+    corpus = {w.lower() for lst in (C.NOUNS, C.ADJECTIVES, C.VERBS_PAST, C.ITEMS, C.CITIES) for x in lst for w in x.split()}
+    spec = DocSpec(random_words=1.0)
+    a = [plan_document(random.Random(s), spec).markdown for s in range(20)]
+    assert a == [plan_document(random.Random(s), spec).markdown for s in range(20)]  # still seeded
+    words = [w.lower() for md in a for w in re.findall(r"[A-Za-z]{4,}", md)]
+    known = sum(w in corpus for w in words)
+    assert known < 0.2 * len(words)  # almost every word is outside the corpus ("Total", "Date" stay)
+    plain = [plan_document(random.Random(s)).markdown for s in range(20)]
+    assert plain == [plan_document(random.Random(s), DocSpec(random_words=0.0)).markdown for s in range(20)]
+
+
+def test_every_document_font_family_loads():
+    for fam in C.DOC_FAMILIES:
+        for bold in (False, True):
+            f = C.get_font(fam, 14, bold)
+            assert f.getlength("Ag") > 0
+    assert getattr(C.get_font("aileron", 14, True), "kvl_fake_bold", False)  # Aileron has no bold face
+    assert not getattr(C.get_font("sans", 14, True), "kvl_fake_bold", False)

@@ -40,9 +40,16 @@ def test_cli_recipe_evaluates_held_out_sets_and_exports(smoke_run, tmp_path):
 def test_smoke_recipe_chains_every_stage(smoke_run):
     out, summary, events = smoke_run
     names = [st.stage for st in recipes.smoke().stages]
-    assert list(summary["stages"]) == names == ["vit", "align", "pretrain", "sft"]
+    assert list(summary["stages"]) == names == ["read-vit", "read-lm", "read-joint", "vit", "align", "pretrain", "sft"]
     starts = [info["stage"] for kind, info in events if kind == "start"]
     assert starts == names
+    # read-vit trains the vision side only, read-lm the language model only, read-joint both
+    rv, rl, rj = (KimiVLForConditionalGeneration.from_pretrained(out / n / "final").state_dict()
+                  for n in ("read-vit", "read-lm", "read-joint"))
+    lm_w, vis_w = "language_model.model.layers.0.self_attn.o_proj.weight", "vision_tower.encoder.blocks.0.mlp.fc0.weight"
+    assert torch.equal(rv[vis_w], rl[vis_w]) and not torch.equal(rv[lm_w], rl[lm_w])
+    assert not torch.equal(rl[vis_w], rj[vis_w]) and not torch.equal(rl[lm_w], rj[lm_w])
+    assert (out / "read-vit" / "final" / "dense_head.safetensors").exists()
     # each stage starts from the previous stage's output: align's frozen LLM equals vit's LLM bitwise
     vit = KimiVLForConditionalGeneration.from_pretrained(out / "vit" / "final")
     align = KimiVLForConditionalGeneration.from_pretrained(out / "align" / "final")
@@ -75,7 +82,7 @@ def test_nano_recipe_matches_its_preset():
     cfg = preset("nano")
     assert cfg.text.bos_token_id == 256 + NANO_MERGES
     assert cfg.media_placeholder_token_id == 256 + NANO_MERGES + 21
-    assert [s.stage for s in rec.stages] == ["vit", "align", "pretrain", "sft"]
+    assert [s.stage for s in rec.stages] == ["read-vit", "read-lm", "read-joint", "sft"]
     model = KimiVLForConditionalGeneration(cfg)
     n = sum(p.numel() for p in model.parameters())
     assert 3e6 < n < 10e6  # "a few million parameters"; bf16 weights stay far below the 20 MB cap
