@@ -27,10 +27,10 @@ from typing import Any, Callable
 
 from kvl_core.prompts import GUI_SYSTEM_PROMPT, gui_user_text, ocr_prompt
 from kvl_core.synth import captions as CAP
-from kvl_core.synth.documents import DocPlan, DocSpec, draw_document, glyphs, plan_document
+from kvl_core.synth.documents import DocPlan, DocSpec, draw_document, glyphs, plan_document, plan_line
 from kvl_core.synth.screens import ScreenPlan, ScreenSpec, Target, draw_screen, ground_truth_answer, plan_screen
 
-TRAIN_KINDS = ("ocr", "ground", "caption", "text")
+TRAIN_KINDS = ("ocr", "ground", "caption", "text", "line")
 HELDOUT_KINDS = ("ocr", "ground")
 HELDOUT_SEED = 20250410
 RESERVE_MOD = 8
@@ -89,6 +89,10 @@ def _plan_doc(split: str, kind: str, seed: int, index: int, spec: DocSpec, skip:
     return _plan(split, kind, seed, index, plan_document, doc_key, spec, skip)
 
 
+def _plan_line(split: str, kind: str, seed: int, index: int, spec: DocSpec, skip: set | None = None):
+    return _plan(split, kind, seed, index, plan_line, doc_key, spec, skip)
+
+
 def _plan_screen(split: str, kind: str, seed: int, index: int, spec: ScreenSpec, skip: set | None = None):
     return _plan(split, kind, seed, index, plan_screen, screen_key, spec, skip)
 
@@ -120,8 +124,9 @@ def pick_targets(rng: random.Random, targets: list[Target], k: int) -> list[Targ
 
 def _train_item(kind: str, seed: int, index: int, cfg: SynthConfig) -> tuple[list[dict], bytes | None]:
     """(JSON records with "{image}" standing for the image path, PNG bytes or None)."""
-    if kind in ("ocr", "text"):
-        rng, plan, _ = _plan_doc("train", kind, seed, index, cfg.doc)
+    if kind in ("ocr", "text", "line"):
+        planner = _plan_line if kind == "line" else _plan_doc
+        rng, plan, _ = planner("train", kind, seed, index, cfg.doc)
         if kind == "text":
             return [{"text": plan.markdown}], None
         drawn: dict = {}
@@ -183,7 +188,9 @@ def write_train(kind: str, out_dir: str | os.PathLike, n: int, seed: int = 0, *,
     """Write `n` training lines of `kind` (ocr | ground | caption | text) to `out_dir/{kind}.jsonl`, images to
     `out_dir/{kind}/NNNNNN.png` (paths in the JSONL are relative to its folder). Returns the JSONL path.
 
-    ocr      chat: user [image, ocr_prompt()] -> assistant Markdown
+    ocr      chat: user [image, ocr_prompt()] -> assistant Markdown, plus "glyphs" (every drawn character's
+             [char, x, y, bold]) for the reading stages
+    line     the same for one line of text (corpus words, random strings, numbers)
     ground   chat: system GUI_SYSTEM_PROMPT, user [image, gui_user_text(instruction)] -> gui answer
     caption  {"image", "caption"} for the CoCa stage
     text     {"text": Markdown} documents as pre-training text (no images)

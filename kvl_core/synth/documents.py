@@ -434,6 +434,41 @@ def glyphs(plan: DocPlan, angle: float = 0.0) -> list[Glyph]:
     return out
 
 
+LINE_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789" + ".,:;#/-%()$&@'!?+*="
+
+
+def plan_line(rng: random.Random, spec: DocSpec = DocSpec()) -> DocPlan:
+    """One line of text on a tight page: words of the corpus, random strings of letters, digits and
+    punctuation, numbers, prices; regular weight, so its markdown is the text itself. The reading stages'
+    curriculum starts here: a few dozen image tokens, one row, every character a target."""
+    family = rng.choice(spec.fonts)
+    size = rng.randint(min(12, spec.font_size[0]), max(20, spec.font_size[1]))
+    font = C.get_font(family, size)
+    margin = rng.randint(3, 14)
+    words: list[str] = []
+    for _ in range(rng.randint(1, 7)):
+        kind = rng.random()
+        if kind < 0.35:
+            w = rng.choice(C.NOUNS + C.ADJECTIVES + C.ITEMS + C.CITIES + C.FIRST_NAMES)
+            w = w.capitalize() if rng.random() < 0.3 else w
+        elif kind < 0.75:
+            w = "".join(rng.choice(LINE_CHARS) for _ in range(rng.randint(1, 9)))
+        elif kind < 0.9:
+            w = C.number(rng)
+        else:
+            w = C.fmt_price(C.price(rng))
+        if font.getlength(" ".join([*words, w])) > 448 - 2 * margin:
+            break
+        words.append(w)
+    text = " ".join(words) or rng.choice(LINE_CHARS)
+    lh = round(size * rng.uniform(1.2, 1.5))
+    w = max(28, round(font.getlength(text)) + 2 * margin)
+    h = lh + 2 * margin
+    line = Line(margin, lh, size, [Run(margin, text)])
+    return DocPlan("line", text, (w, h), family, size, [line], [], C.paper_color(rng),
+                   C.ink_color(rng, spec.color_jitter), {"chars": len(text)})
+
+
 def draw_document(plan: DocPlan, rng: random.Random, spec: DocSpec = DocSpec(),
                   record: dict | None = None) -> Image.Image:
     img = Image.new("RGB", plan.size, plan.background)
@@ -458,4 +493,4 @@ def render_document(rng: random.Random, spec: DocSpec = DocSpec()) -> tuple[Imag
     return draw_document(plan, rng, spec), plan.markdown
 
 
-__all__ = ["DocPlan", "DocSpec", "Glyph", "LAYOUTS", "draw_document", "glyphs", "plan_document", "render_document"]
+__all__ = ["DocPlan", "DocSpec", "Glyph", "LAYOUTS", "draw_document", "glyphs", "plan_line", "plan_document", "render_document"]

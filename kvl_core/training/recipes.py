@@ -92,13 +92,17 @@ def nano() -> Recipe:
 
     return Recipe(
         name="nano", preset="nano", merges=NANO_MERGES, doc_fonts=DOC_FAMILIES, random_words=0.5,
-        samples={"ocr": 12000, "ground": 1000},
+        samples={"ocr": 12000, "ground": 1000, "line": 24000},
         heldout={"ocr": 100, "ground": 100},
         stages=[
             StageRun("read-vit", steps=700, data=["ocr"], lr=2e-3, lr_vision=2e-3, batch=16),
-            StageRun("read-lm", steps=500, data=["ocr"], lr=3e-3, batch=16),
-            StageRun("read-joint", steps=100, data=["ocr"], lr=1e-3, lr_vision=5e-4, batch=8),
-            StageRun("sft", steps=40, data=["ocr", "ground"], lr=5e-4, seq_len=4096, batch_tokens=2 * 4096,
+            # the read-out is learned on single lines first (a few dozen image tokens, one row), then pages
+            # small batches: the read-out is learned per update (a 64-line batch learns ~4x slower per line)
+            StageRun("read-lm", steps=1200, data=["line"], lr=3e-3, batch=16, name="read-lm-lines"),
+            StageRun("read-lm", steps=600, data=["ocr"], lr=2e-3, batch=8),
+            StageRun("read-joint", steps=300, data=["line"], lr=1e-3, lr_vision=5e-4, batch=16, name="read-joint-lines"),
+            StageRun("read-joint", steps=60, data=["ocr"], lr=1e-3, lr_vision=5e-4, batch=4),
+            StageRun("sft", steps=16, data=["ocr", "ground"], lr=5e-4, seq_len=4096, batch_tokens=2 * 4096,
                      micro_rows=1),
         ],
         notes="read-vit -> read-lm -> read-joint -> sft on generated documents (glyph positions) and screens",
@@ -200,15 +204,22 @@ def _generate(folder: Path, key: str, emit, what: str, write: Callable[[Path], P
 
 
 def _corpus(paths: dict[str, Path], per_kind: int) -> list[tuple[str, int]]:
-    """Every text of the first `per_kind` lines of each training set (prompts included: they repeat in
-    every sample, so BPE learns them whole)."""
+    """The texts BPE learns from: the prompts of the first `per_kind` lines of each training set (they
+    repeat in every sample, so BPE learns them whole), but no answers (page markdown, click
+    coordinates) and no `line` texts: merges of page words and numbers make answer tokens span several
+    glyphs in vocabulary-dependent chunks ("Notebook" -> N|ot|eb|ook, "18277" -> 18|2|77), which the
+    read-out then has to learn on top of reading; without them a page is written nearly byte by byte."""
     texts: list[tuple[str, int]] = []
-    for path in paths.values():
+    for kind, path in paths.items():
+        if kind == "line":
+            continue
         with open(path, encoding="utf-8") as fh:
             for i, line in enumerate(fh):
                 if i >= per_kind:
                     break
                 row = json.loads(line)
+                if "messages" in row:
+                    row = [m for m in row["messages"] if m.get("role") != "assistant"]
                 texts += [(t, 1) for t in _texts(row)]
     return texts
 

@@ -41,3 +41,22 @@ def test_cnn_baseline_runs_on_the_same_task(tmp_path):
     res = _probe().main(["--baseline", "--task", "lines", "--images", "64", "--eval-every", "32", "--heldout", "4",
                          "--batch", "16"])
     assert [p["images"] for p in res["curve"]] == [32, 64]
+
+
+def test_oracle_probe_phases_train_and_join(tmp_path):
+    """bench/nano_oracle.py: A (LM on oracle tokens) and B (vision, dense) train apart and C joins them."""
+    import subprocess
+
+    script = ROOT / "bench" / "nano_oracle.py"
+    run = lambda *a: subprocess.run([sys.executable, str(script), *a], capture_output=True, text=True,  # noqa: E731
+                                    timeout=600, cwd=tmp_path)
+    a, b = tmp_path / "A.pt", tmp_path / "B.pt"
+    for phase, out in (("A", a), ("B", b)):
+        proc = run(phase, "--images", "64", "--eval-every", "64", "--out", str(out))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        log = [json.loads(x) for x in Path(str(out) + ".log").read_text().splitlines()]
+        assert log[-1]["images"] == 64 and log[-1]["train_loss"] < (7.0 if phase == "A" else 6.0)
+    proc = run("C", "--lm", str(a), "--vis", str(b), "--images", "16", "--batch", "16", "--eval-every", "16",
+               "--out", str(tmp_path / "C.pt"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cer" in json.loads(Path(str(tmp_path / "C.pt") + ".log").read_text().splitlines()[-1])

@@ -82,7 +82,7 @@ def test_nano_recipe_matches_its_preset():
     cfg = preset("nano")
     assert cfg.text.bos_token_id == 256 + NANO_MERGES
     assert cfg.media_placeholder_token_id == 256 + NANO_MERGES + 21
-    assert [s.stage for s in rec.stages] == ["read-vit", "read-lm", "read-joint", "sft"]
+    assert [s.key for s in rec.stages] == ["read-vit", "read-lm-lines", "read-lm", "read-joint-lines", "read-joint", "sft"]
     model = KimiVLForConditionalGeneration(cfg)
     n = sum(p.numel() for p in model.parameters())
     assert 3e6 < n < 10e6  # "a few million parameters"; bf16 weights stay far below the 20 MB cap
@@ -152,3 +152,21 @@ def test_cli_refuses_absurd_scale_in_one_line(tmp_path):
     assert proc.returncode != 0
     assert "--scale must be in" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_bpe_corpus_is_the_prompts_not_what_is_read(tmp_path):
+    """Answers (page markdown, click coordinates) and line texts stay out of BPE, so the model writes what it
+    reads nearly byte by byte instead of in vocabulary-dependent chunks."""
+    def chat(user, answer):
+        return {"messages": [{"role": "user", "content": [{"type": "image", "image": "a.png"},
+                                                          {"type": "text", "text": user}]},
+                             {"role": "assistant", "content": answer}]}
+    paths = {}
+    for kind, row in (("ocr", chat("Convert this page", "# Quarterly Zebra 18277")),
+                      ("ground", chat("Click Save", "pyautogui.click(x=0.204, y=0.149)")),
+                      ("line", chat("Convert this page", "qwxz 4242"))):
+        paths[kind] = tmp_path / f"{kind}.jsonl"
+        paths[kind].write_text(json.dumps(row) + "\n")
+    texts = [t for t, _ in recipes._corpus(paths, 10)]
+    assert "Convert this page" in texts and "Click Save" in texts
+    assert not any(w in t for t in texts for w in ("Zebra", "18277", "0.204", "qwxz"))
