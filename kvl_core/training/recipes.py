@@ -104,6 +104,9 @@ def nano() -> Recipe:
             StageRun("read-joint", steps=60, data=["ocr"], lr=1e-3, lr_vision=5e-4, batch=4),
             StageRun("sft", steps=16, data=["ocr", "ground"], lr=5e-4, seq_len=4096, batch_tokens=2 * 4096,
                      micro_rows=1),
+            # the GUI answer format needs more screens than the mixed SFT gives them
+            StageRun("sft", steps=30, data=["ground:3", "ocr"], lr=1e-3, seq_len=2048, batch_tokens=4096,
+                     micro_rows=1, name="sft-ground"),
         ],
         notes="read-vit -> read-lm -> read-joint -> sft on generated documents (glyph positions) and screens",
     )

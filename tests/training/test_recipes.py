@@ -82,7 +82,8 @@ def test_nano_recipe_matches_its_preset():
     cfg = preset("nano")
     assert cfg.text.bos_token_id == 256 + NANO_MERGES
     assert cfg.media_placeholder_token_id == 256 + NANO_MERGES + 21
-    assert [s.key for s in rec.stages] == ["read-vit", "read-lm-lines", "read-lm", "read-joint-lines", "read-joint", "sft"]
+    assert [s.key for s in rec.stages] == ["read-vit", "read-lm-lines", "read-lm", "read-joint-lines", "read-joint", "sft",
+                                           "sft-ground"]
     model = KimiVLForConditionalGeneration(cfg)
     n = sum(p.numel() for p in model.parameters())
     assert 3e6 < n < 10e6  # "a few million parameters"; bf16 weights stay far below the 20 MB cap
