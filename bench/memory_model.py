@@ -20,7 +20,7 @@ import torch
 
 from kvl_core.config import preset
 from kvl_core.model import KimiVLForConditionalGeneration
-from kvl_core.model.language import DecoderLayer, rope_cos_sin, DocumentLayout
+from kvl_core.model.language import LOSS_CHUNK_TOKENS, DecoderLayer, DocumentLayout, rope_cos_sin
 from kvl_core.training.muon import classify_params
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -41,6 +41,12 @@ def counts() -> dict:
             total[f"{role}_{part}"] += p.numel()
     layers = model.language_model.model.layers
     total["largest_layer"] = max(sum(p.numel() for p in layer.parameters()) for layer in layers)
+    # the largest Muon unit: one projection of all experts of a layer, orthogonalised as one stack
+    from kvl_core.training.muon import param_groups_for
+
+    total["largest_muon_unit"] = max(sum(p.numel() for p in g["params"]) if g.get("stack") else
+                                     max(p.numel() for p in g["params"])
+                                     for g in param_groups_for(model, lr=1e-4) if g["algo"] == "muon")
     total["layers"] = len(layers)
     total["hidden"] = cfg.text.hidden_size
     total["vocab"] = cfg.text.vocab_size
@@ -81,28 +87,41 @@ def main() -> None:
     per_token_layer = a16 + slope * (1 - 1 / 16)  # linear in width, extrapolated to the real config
     rows = {}
     for world, hbm in ((8, 80), (8, 141)):
-        llm, vis = c["llm"], c["vision"]
-        sharded = llm * (4 + 4) / world  # fp32 master + fp32 grad shards
-        states = (c["muon_llm"] * 4 + c["adamw_llm"] * 8) / world  # Muon momentum on owners, AdamW moments
-        replicated = vis * (4 + 4) + c["adamw_vision"] * 8 + c["muon_vision"] * 4 / world
+        params = c["llm"] + c["vision"]
+        sharded = params * (4 + 4) / world  # fp32 master + fp32 grad shards (LLM and ViT alike)
+        # Muon momentum on owners (1/world of the matrices each), AdamW moments sharded
+        states = ((c["muon_llm"] + c["muon_vision"]) * 4 + (c["adamw_llm"] + c["adamw_vision"]) * 8) / world
         gathered = c["largest_layer"] * 2 * 2  # bf16 unit being computed + the next one prefetched
-        fixed = sharded + states + replicated + gathered
+        # an owner's transient: the unit's whole fp32 gradient, its fp32 update and bf16 NS iterates (~3x)
+        owner = c["largest_muon_unit"] * (4 + 4 + 3 * 2)
+        fixed = sharded + states + gathered + owner
         for tokens in (8192, 32768):
             acts_plain = per_token_layer * tokens * c["layers"]
             acts_ckpt = tokens * c["hidden"] * 2 * c["layers"] + per_token_layer * tokens
-            logits = tokens * c["vocab"] * 4 * 2  # fp32 logits + their gradient
+            logits_whole = tokens * c["vocab"] * 4 * 2  # fp32 logits + their gradient, whole row at once
+            # chunked loss: one chunk's bf16 logits, fp32 copy, log-softmax and gradient at a time
+            logits = min(tokens, LOSS_CHUNK_TOKENS) * c["vocab"] * (2 + 4 + 4 + 4)
             rows[f"{world}x{hbm}GB {tokens // 1024}K"] = {
                 "weights+grads (sharded)": sharded / GB, "optimizer states": states / GB,
-                "replicated vision": replicated / GB, "gathered bf16 units": gathered / GB,
+                "gathered bf16 units": gathered / GB, "Muon owner workspace": owner / GB,
                 "activations, no checkpointing": acts_plain / GB, "activations, checkpointed": acts_ckpt / GB,
-                "fp32 logits + grad": logits / GB,
+                "logits, whole row (unchunked)": logits_whole / GB,
+                f"logits, chunked ({LOSS_CHUNK_TOKENS} tokens)": logits / GB,
                 "total, checkpointed": (fixed + acts_ckpt + logits) / GB,
-                "total, no checkpointing": (fixed + acts_plain + logits) / GB, "HBM": hbm}
+                "total, no checkpointing": (fixed + acts_plain + logits) / GB,
+                "total, checkpointed, unchunked logits": (fixed + acts_ckpt + logits_whole) / GB, "HBM": hbm}
     out = {"counts": c, "activation_bytes_per_token_per_layer": {"x1/16": a16, "x1/8": a8, "x1 (extrapolated)": per_token_layer},
            "per_rank_GB": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "memory_model.json").write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
+    # the docs/training.md table: GB per rank, 8 ranks (the HBM size changes only the verdict)
+    cols = [k for k in rows if k.startswith("8x80GB")]
+    print("\n| GB per rank (8 ranks) | " + " | ".join(k.split()[-1] + " row" for k in cols) + " |")
+    print("|---|" + "---|" * len(cols))
+    for key in rows[cols[0]]:
+        if key != "HBM":
+            print(f"| {key} | " + " | ".join(f"{rows[k][key]:.1f}" for k in cols) + " |")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Thin on purpose: options become a `TrainConfig`; the loop is `kvl_core.training.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -22,7 +23,7 @@ def train(
     data: Annotated[Optional[list[str]], typer.Option("--data", help="JSONL file(s) as [TAG=]PATH[:WEIGHT]; tags name mixture groups (long= for longctx).", show_default=False)] = None,
     out: Annotated[Optional[str], typer.Option(help="Run folder: checkpoints step_*/, final/, metrics.jsonl, loss.png (--recipe: default runs/RECIPE).", show_default=False)] = None,
     recipe: Annotated[Optional[str], typer.Option(help="Run a whole multi-stage recipe on generated data instead: nano (the built-in kvl-nano) or smoke.", rich_help_panel=RECIPE, show_default=False)] = None,
-    export: Annotated[Optional[str], typer.Option(help="With --recipe: write the final model here as a shippable bf16 folder.", rich_help_panel=RECIPE, show_default=False)] = None,
+    export: Annotated[Optional[str], typer.Option(help="Write the final model here as a shippable bf16 folder in the HF layout (also after a sharded FSDP run); must not exist yet.", show_default=False)] = None,
     scale: Annotated[float, typer.Option(help="With --recipe: multiply every stage's steps and the generated training data (e.g. 10 on a GPU).", rich_help_panel=RECIPE)] = 1.0,
     model: Annotated[Optional[str], typer.Option(help="Start from this checkpoint (the previous stage's final/).")] = None,
     preset: Annotated[Optional[str], typer.Option(help="Or start from a fresh model of this preset (tiny, ...).")] = None,
@@ -93,8 +94,19 @@ def train(
                       optimizer=optimizer, ns_dtype=ns_dtype, data_policy=on_bad_line, overlong=overlong,
                       device=device, checkpoint_activations=checkpoint_activations, dist=dist)
     quiet = int(os.environ.get("RANK", "0")) != 0
+    if export and Path(export).exists() and any(Path(export).iterdir()):
+        # checked before training, so hours of training never end in a refusal
+        raise KvlError(f"{export}: --export folder exists and is not empty; choose a new folder")
     with _Reporter(disable=quiet or json_out) as report:
         summary = run_training(cfg, on_event=report)
+    if export and not quiet and summary.get("final"):
+        from kvl_core.training import recipes
+
+        recipes.export(summary["final"], export, extra={"stage": stage, "steps": summary["steps"],
+                                                         "loss": summary.get("loss")})
+        summary["export"] = export
+        if not json_out:
+            err_console.print(f"[green]exported[/]: {export}")
     if json_out and not quiet:
         print_json(summary)
 

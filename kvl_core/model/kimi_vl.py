@@ -111,6 +111,7 @@ class KimiVLForConditionalGeneration(nn.Module):
         output_hidden_states: bool = False,
         logits_to_keep: int = 0,
         doc_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> CausalLMOutput:
         embeds = self.language_model.model.embed_tokens(input_ids)
         if pixel_values is not None and pixel_values.numel() > 0:
@@ -128,6 +129,7 @@ class KimiVLForConditionalGeneration(nn.Module):
             output_hidden_states=output_hidden_states,
             logits_to_keep=logits_to_keep,
             doc_ids=doc_ids,
+            labels=labels,
         )
 
     # ---- generation (HF-style low-level API) --------------------------------------------------

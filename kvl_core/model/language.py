@@ -161,7 +161,7 @@ class DeepseekV3Model(nn.Module):
 
 @dataclass
 class CausalLMOutput:
-    logits: torch.Tensor  # [B, T_kept, V] fp32
+    logits: torch.Tensor | None  # [B, T_kept, V] fp32 (None when the model returned only a loss)
     hidden_states: tuple[torch.Tensor, ...] | None = None
     past_key_values: LatentCache | None = None
     loss: torch.Tensor | None = None
@@ -387,10 +387,12 @@ class DeepseekV3ForCausalLM(nn.Module):
         output_hidden_states: bool = False,
         logits_to_keep: int = 0,
         doc_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> CausalLMOutput:
         """`doc_ids` [B, T] marks the documents of a packed training row: attention stays inside each
         document (pass `position_ids` restarting at 0 per document alongside), in O(T) memory
-        (`DocumentLayout`); it replaces `attention_mask`."""
+        (`DocumentLayout`); it replaces `attention_mask`. `labels` [B, T] (-100 = ignored): return the
+        summed cross-entropy as `loss` and no logits (`chunked_lm_loss`)."""
         layout = DocumentLayout.from_doc_ids(doc_ids) if doc_ids is not None else None
         if inputs_embeds is None:
             inputs_embeds = self.model.embed_tokens(input_ids)
@@ -417,7 +419,35 @@ class DeepseekV3ForCausalLM(nn.Module):
         x = self.model.norm(x)
         if hidden is not None:
             hidden[-1] = x  # the last entry is the final norm's output, as in HF
+        if labels is not None:
+            loss = chunked_lm_loss(self.lm_head, x, labels)
+            return CausalLMOutput(logits=None, hidden_states=tuple(hidden) if hidden else None, loss=loss)
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = self.lm_head(x).float()
         return CausalLMOutput(logits=logits, hidden_states=tuple(hidden) if hidden else None, past_key_values=cache)
+
+
+LOSS_CHUNK_TOKENS = 2048
+
+
+def chunked_lm_loss(lm_head: nn.Module, x: torch.Tensor, labels: torch.Tensor,
+                    chunk: int = LOSS_CHUNK_TOKENS) -> torch.Tensor:
+    """Summed cross-entropy of `lm_head(x)` [.., V] against `labels` (-100 ignored), in fp32.
+
+    The real vocabulary is 163,840: a 32K row's fp32 logits and their gradient alone are 43 GB. So the
+    row goes through the head `chunk` tokens at a time and each chunk's logits are recomputed in
+    backward (torch.utils.checkpoint) instead of kept: the peak is one chunk's logits whatever the row
+    length. A row of at most `chunk` tokens takes the plain path (same bits as unchunked).
+    """
+    x, labels = x.flatten(0, -2), labels.flatten()
+
+    def ce(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(lm_head(xs).float(), ys, ignore_index=-100, reduction="sum")
+
+    if x.shape[0] <= chunk:
+        return ce(x, labels)
+    from torch.utils.checkpoint import checkpoint
+
+    run = (lambda xs, ys: checkpoint(ce, xs, ys, use_reentrant=False)) if torch.is_grad_enabled() else ce
+    return torch.stack([run(x[a : a + chunk], labels[a : a + chunk]) for a in range(0, x.shape[0], chunk)]).sum()

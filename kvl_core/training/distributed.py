@@ -396,22 +396,25 @@ class _ByteCursor:
 
 # ---- FSDP2 (fully sharded data parallel) -------------------------------------------------------
 #
-# `torch.distributed.fsdp.fully_shard` over a 1-D DeviceMesh: every language-model parameter is a
+# `torch.distributed.fsdp.fully_shard` over a 1-D DeviceMesh: every trainable-model parameter is a
 # DTensor sharded on dim 0 across the ranks, gathered unit by unit for forward and backward and
 # resharded after; gradients are reduce-scattered (SUM: the loss is already divided by the global token
-# count). Units: each decoder layer, and the root (embeddings, lm_head, final norm).
-# Replicated instead (plain tensors, gradients all-reduced as under ZeRO-1): the vision tower and the
-# projector (~0.4B of the real model's 16.4B: a rank whose micro-batch has no image skips them, which a
-# sharded unit's collectives would not allow) and the router correction biases (not gradient-trained).
+# count). Units: each decoder layer, each ViT block, the vision tower's own rest (patch embedding, final
+# norm), the projector, and the root (embeddings, lm_head, final norm). Replicated instead: the router
+# correction biases (not gradient-trained; every rank moves them identically from the all-reduced load).
+#
+# A sharded unit's forward is a collective, so every rank must run the vision side at the same point of
+# every forward, also when its own micro-batch holds no image: `VisionTurn` then runs it on one blank
+# 2x2-patch image and adds the result with weight 0 (its gradients are exact zeros), see below.
 #
 # Muon needs whole matrices: each Muon unit keeps its ZeRO-1 owner (`assign_owners`, as DistMuon); the
-# unit's gradient is gathered, the owner runs the single-process momentum + Newton-Schulz on it and
-# scatters the update back, and every rank applies decay and update to its own shard. AdamW is
-# elementwise, so it runs on the local shards directly. At world 1 the same code is plain Muon.
+# owner gathers the unit's gradient shards, runs the single-process momentum + Newton-Schulz on the whole
+# matrix and scatters each rank its own rows of the update; every rank applies decay and update to its
+# shard. AdamW is elementwise, so it runs on the local shards directly. At world 1 it is plain Muon.
 
-SHARDED_LAYERS = ("DecoderLayer",)
+SHARDED_LAYERS = ("DecoderLayer", "EncoderLayer")
+SHARDED_CHILDREN = ("vision_tower", "multi_modal_projector")
 REPLICATED_PARAMS = ("e_score_correction_bias",)
-REPLICATED_MODULES = ("vision_tower", "multi_modal_projector")
 
 
 def device_mesh(device: torch.device):
@@ -423,7 +426,7 @@ def device_mesh(device: torch.device):
 def fully_shard_model(model: torch.nn.Module, mesh, param_dtype: torch.dtype | None = None) -> torch.nn.Module:
     """Apply FSDP2 to a kvl model in place (units as above). `param_dtype` bf16 gives bf16 compute on
     fp32 master weights with fp32 gradient reduction. Returns the model (now an FSDPModule)."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32 if param_dtype else None)
     ignored = set(replicated_params(model))
@@ -431,12 +434,13 @@ def fully_shard_model(model: torch.nn.Module, mesh, param_dtype: torch.dtype | N
     for m in list(model.modules()):
         if type(m).__name__ in SHARDED_LAYERS:
             fully_shard(m, **kw)
+    for name in SHARDED_CHILDREN:
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            fully_shard(getattr(model, name), **kw)
     fully_shard(model, **kw)
-    # MoE: an expert no token of this rank chose must still take part in the reduce-scatter
-    from torch.distributed.fsdp import FSDPModule
-
     for m in model.modules():
         if isinstance(m, FSDPModule):
+            # MoE: an expert no token of this rank chose must still take part in the reduce-scatter
             m.set_reduce_scatter_unused_params(True, recurse=False)
             # SUM, not FSDP's default mean; forced plain sum (gloo has no pre-multiplied sum)
             m.set_gradient_divide_factor(1.0)
@@ -446,8 +450,30 @@ def fully_shard_model(model: torch.nn.Module, mesh, param_dtype: torch.dtype | N
 
 def replicated_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The parameters FSDP leaves whole on every rank (see above), in model order."""
-    return [p for n, p in model.named_parameters()
-            if n.rsplit(".", 1)[-1] in REPLICATED_PARAMS or n.split(".", 1)[0] in REPLICATED_MODULES]
+    return [p for n, p in model.named_parameters() if n.rsplit(".", 1)[-1] in REPLICATED_PARAMS]
+
+
+class VisionTurn:
+    """Keeps every rank's vision units in step under FSDP: before the language model runs, a rank whose
+    micro-batch had no image runs the vision tower and projector on one blank image and adds the sum of
+    the features times 0 to the input embeddings. The values are unchanged (x + 0 = x) and the vision
+    gradients of that rank are exact zeros, but its all-gathers and reduce-scatters happen at the same
+    point as on the ranks that saw images. Set `needed` per micro-batch."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model, self.needed = model, False
+        v = model.config.vision
+        kh, kw = v.merge_kernel_size
+        self.grid = torch.tensor([[kh, kw]])
+        self.pixels = torch.zeros(kh * kw, 3, v.patch_size, v.patch_size)
+        self.handle = model.language_model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs):
+        if not self.needed:
+            return None
+        embeds = kwargs["inputs_embeds"]
+        feats = self.model.get_image_features(self.pixels.to(embeds.device), self.grid.to(embeds.device))
+        return args, {**kwargs, "inputs_embeds": embeds + 0 * feats.sum().to(embeds.dtype)}
 
 
 def _is_dtensor(t) -> bool:
@@ -465,14 +491,6 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
         if rank() == 0:
             out[name] = full.detach().cpu()
     return out if rank() == 0 else None
-
-
-def _shard_rows(p) -> tuple[int, int]:
-    """[start, stop) of this rank's dim-0 rows of a Shard(0) DTensor (torch.chunk's split)."""
-    d0, w = p.shape[0], p.device_mesh.size()
-    c = -(-d0 // w)
-    start = min(p.device_mesh.get_local_rank() * c, d0)
-    return start, min(start + c, d0)
 
 
 class ShardedMuon(DistMuon):
@@ -513,33 +531,76 @@ class ShardedMuon(DistMuon):
         params = [p for p in unit if p.grad is not None]
         if not params:
             return None, 0
-        grads = [p.grad.full_tensor() if _is_dtensor(p.grad) else p.grad for p in params]  # collective
+        if self.world_size == 1 or not _is_dtensor(params[0]):
+            return self._muon_replicated(group, params, owner)
+        from kvl_core.training.muon import _matrix_shape, muon_scale
+
+        # Newton-Schulz needs the whole matrix, but only its owner does: the owner gathers the gradient
+        # shards and scatters back to each rank just its own rows of the update. Every rank moves 1/W of
+        # each matrix per direction (an all-gather of the gradient plus a broadcast of the update would
+        # move W times that in total).
+        n, d0, rest = len(params), params[0].shape[0], params[0][0].numel()
+        c = -(-d0 // self.world_size)  # rows per rank: torch.chunk's split, as FSDP's Shard(0)
+        rows = [max(0, min(c, d0 - r * c)) for r in range(self.world_size)]
+        dev = params[0].to_local().device
+        send = torch.zeros(n, c, rest, dtype=params[0].grad.dtype, device=dev)  # shards padded to c rows
+        for i, p in enumerate(params):
+            g = p.grad.to_local()
+            send[i, : g.shape[0]] = g.reshape(g.shape[0], rest)
+        mine = self.rank == owner
+        bufs = [torch.empty_like(send) for _ in range(self.world_size)] if mine else None
+        dist.gather(send, bufs, dst=self._global(owner), group=self.process_group)
+        recv = torch.empty(n, c, rest, dtype=params[0].dtype, device=dev)
+        if mine:
+            full = torch.cat([b[:, :k] for b, k in zip(bufs, rows)], dim=1)  # [n, d0, rest]
+            del bufs
+            grads = [full[i].reshape(p.shape) for i, p in enumerate(params)]
+            O, step = self._muon_direction(group, params, grads)
+            O = O.reshape(n, d0, rest).to(params[0].dtype)
+            parts, at = [], 0
+            for k in rows:
+                part = torch.zeros_like(recv)
+                part[:, :k] = O[:, at : at + k]
+                parts.append(part)
+                at += k
+            dist.scatter(recv, parts, src=self._global(owner), group=self.process_group)
+        else:
+            step = group["lr"] * muon_scale(_matrix_shape(params[0], group["flatten"]))
+            dist.scatter(recv, None, src=self._global(owner), group=self.process_group)
+        lr, wd = group["lr"], group["weight_decay"]
+        for i, p in enumerate(params):
+            local = p.to_local()
+            local.mul_(1 - lr * wd)
+            local.add_(recv[i, : local.shape[0]].reshape(local.shape), alpha=-step)
+        if not self.track_rms or not mine:
+            return None, 0
+        return O.double().square().sum() * step * step, O.numel()
+
+    def _muon_replicated(self, group: dict, params: list, owner: int) -> tuple[torch.Tensor | None, int]:
+        """A Muon unit held whole on every rank (world 1, or a module FSDP leaves replicated): the owner
+        orthogonalises it and broadcasts the update, as under ZeRO-1."""
+        from kvl_core.training.muon import _matrix_shape, muon_scale
+
+        grads = [p.grad for p in params]
         shape = (len(params), *grads[0].shape) if len(params) > 1 else tuple(grads[0].shape)
         if self.rank == owner:
             O, step = self._muon_direction(group, params, grads)
             O = O.reshape(shape).to(params[0].dtype).contiguous()
         else:
-            from kvl_core.training.muon import _matrix_shape, muon_scale
-
             O = torch.empty(shape, dtype=params[0].dtype, device=grads[0].device)
             step = group["lr"] * muon_scale(_matrix_shape(params[0], group["flatten"]))
-        del grads
         if self.world_size > 1:
-            dist.broadcast(O, src=dist.get_global_rank(self.process_group, owner) if self.process_group else owner,
-                           group=self.process_group)
+            dist.broadcast(O, src=self._global(owner), group=self.process_group)
         lr, wd = group["lr"], group["weight_decay"]
         for i, p in enumerate(params):
-            o = O[i] if len(params) > 1 else O
-            if _is_dtensor(p):
-                a, b = _shard_rows(p)
-                local, o = p.to_local(), o[a:b]
-            else:
-                local = p
-            local.mul_(1 - lr * wd)
-            local.add_(o.reshape(local.shape), alpha=-step)
+            p.mul_(1 - lr * wd)
+            p.add_((O[i] if len(params) > 1 else O).reshape(p.shape), alpha=-step)
         if not self.track_rms or self.rank != owner:
             return None, 0
         return O.double().square().sum() * step * step, O.numel()
+
+    def _global(self, r: int) -> int:
+        return dist.get_global_rank(self.process_group, r) if self.process_group is not None else r
 
     # ---- checkpoints (torch.distributed.checkpoint) ---------------------------------------------
 

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from kvl_core.config import preset as config_preset
 from kvl_core.errors import KvlError
@@ -321,21 +320,21 @@ class Trainer:
         mode = self.cfg.dist
         if mode not in DIST_MODES:
             raise KvlError(f"unknown --dist {mode!r}; use {', '.join(DIST_MODES)}")
-        trains_lm = self.stage.loss == "lm" and ("*" in self.stage.trainable or "language_model" in self.stage.trainable)
         if mode == "auto":
             resumes_fsdp = self.resume_from is not None and (self.resume_from / "optim").is_dir()
-            mode = "fsdp" if (self.world > 1 and trains_lm) or resumes_fsdp else "zero1"
+            mode = "fsdp" if self.world > 1 or resumes_fsdp else "zero1"
         self.dist_mode = mode
+        self.vision_turn = None
         if mode != "fsdp":
             return
-        if not trains_lm:
-            raise KvlError(f"--dist fsdp shards the language model, which stage {self.stage.name} does not train; "
-                           "use --dist zero1 for it")
-        self.replicated = self.dist.replicated_params(self.model)
+        # whole on every rank, gradients all-reduced: the router biases and the small CoCa heads (vit)
+        self.replicated = self.dist.replicated_params(self.model) + (list(self.coca.parameters()) if self.coca else [])
         if self.world > 1:
             mesh = self.dist.device_mesh(self.device)
             bf16 = torch.bfloat16 if self.device.type == "cuda" else None  # fp32 on CPU: exact against world 1
             self.dist.fully_shard_model(self.model, mesh, param_dtype=bf16)
+            if self.coca is None:
+                self.vision_turn = self.dist.VisionTurn(self.model)
 
     def _trainable_modules(self) -> list[torch.nn.Module]:
         return [self.model] + ([self.coca] if self.coca is not None else [])
@@ -435,15 +434,16 @@ class Trainer:
             return out["loss"] * len(mb.caption_ids)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
         self.expert_load.real = (~mb.padding_mask()).flatten().to(dev)
+        if self.vision_turn is not None:
+            self.vision_turn.needed = mb.pixel_values is None or mb.pixel_values.numel() == 0
         with autocast:
-            logits = self.model(
+            # the loss comes from the model in chunks of tokens: [T, V] logits never exist at once
+            return self.model(
                 mb.input_ids.to(dev),
                 pixel_values=mb.pixel_values.to(dev) if mb.pixel_values is not None else None,
                 image_grid_hws=mb.image_grid_hws.to(dev) if mb.image_grid_hws is not None else None,
-                position_ids=mb.position_ids.to(dev), doc_ids=mb.doc_ids.to(dev),
-            ).logits
-        return F.cross_entropy(logits.flatten(0, 1).float(), mb.labels.to(dev).flatten(), ignore_index=-100,
-                               reduction="sum")
+                position_ids=mb.position_ids.to(dev), doc_ids=mb.doc_ids.to(dev), labels=mb.labels.to(dev),
+            ).loss
 
     def _image_budget(self) -> int | None:
         """Progressive resolution (vit stage): the max patches per image grows linearly over the stage,

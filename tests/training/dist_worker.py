@@ -249,7 +249,84 @@ def t3_resume(out: Path, rank: int, world: int) -> dict:
     return res
 
 
-SCENARIOS = {"t1_t4": t1_t4_injected, "t2": t2_end_to_end, "t3": t3_resume}
+def t5_sharded_muon(out: Path, rank: int, world: int) -> dict:
+    """T5: FSDP2-sharded parameters (fully_shard over a gloo DeviceMesh) with ShardedMuon, the same
+    injected whole gradients as a single-process Muon (each rank is handed its Shard(0) rows): bitwise
+    equal after K steps. Every byte the optimizer moves is counted at the torch.distributed calls."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    from kvl_core.training.distributed import ShardedMuon, device_mesh, fully_shard_model
+    from kvl_core.training.muon import Muon, param_groups_for
+
+    model, ref = build_model(3), build_model(3)
+    for m in (model, ref):  # 7 rows over 2 ranks: an uneven Shard(0) (4 + 3 rows)
+        m.odd = nn.Parameter(torch.linspace(-1, 1, 70).reshape(7, 10) * 0.02)
+    mesh = device_mesh(torch.device("cpu"))
+    fully_shard_model(model, mesh)
+    opt = ShardedMuon(param_groups_for(model, LR, weight_decay=0.1, ns_dtype="float32"))
+    ref_opt = Muon(param_groups_for(ref, LR, weight_decay=0.1, ns_dtype="float32"))
+    moved = {"received": 0, "sent": 0, "calls": 0}
+    nbytes = lambda t: t.numel() * t.element_size()  # noqa: E731
+    real = {name: getattr(dist, name) for name in ("gather", "scatter", "broadcast", "all_gather_into_tensor")}
+
+    def gather(t, gather_list=None, dst=0, group=None):
+        moved["calls"] += 1
+        if rank == dst:
+            moved["received"] += sum(nbytes(x) for x in gather_list) - nbytes(t)
+        else:
+            moved["sent"] += nbytes(t)
+        return real["gather"](t, gather_list, dst=dst, group=group)
+
+    def scatter(t, scatter_list=None, src=0, group=None):
+        moved["calls"] += 1
+        if rank == src:
+            moved["sent"] += sum(nbytes(x) for x in scatter_list) - nbytes(t)
+        else:
+            moved["received"] += nbytes(t)
+        return real["scatter"](t, scatter_list, src=src, group=group)
+
+    def other(name):
+        def f(*a, **k):
+            moved["calls"] += 1
+            moved[f"unexpected_{name}"] = moved.get(f"unexpected_{name}", 0) + 1
+            return real[name](*a, **k)
+        return f
+
+    # per Muon matrix and step at W = 2: its owner receives the other rank's rows, padded to ceil(rows / 2)
+    # (gather), and sends them back (scatter)
+    padded = sum(-(-p.shape[0] // world) * p[0].numel() * 4 for g in ref_opt.param_groups if g["algo"] == "muon"
+                 for p in g["params"])
+    muon_bytes = sum(p.numel() * 4 for g in ref_opt.param_groups if g["algo"] == "muon" for p in g["params"])
+    dist.gather, dist.scatter = gather, scatter
+    dist.broadcast, dist.all_gather_into_tensor = other("broadcast"), other("all_gather_into_tensor")
+    try:
+        for s in range(3):
+            g = torch.Generator().manual_seed(500 + s)
+            for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+                if not q.requires_grad or "e_score_correction_bias" in name:
+                    continue
+                full = torch.randn(q.shape, generator=g)
+                q.grad = full.clone()
+                p.grad = distribute_tensor(full, mesh, [Shard(0)], src_data_rank=None) if isinstance(p, DTensor) else full.clone()
+            opt.step()
+            ref_opt.step()
+            opt.zero_grad(set_to_none=True)
+            ref_opt.zero_grad(set_to_none=True)
+    finally:
+        for name, fn in real.items():
+            setattr(dist, name, fn)
+    same, worst = True, 0.0
+    for p, q in zip(model.parameters(), ref.parameters()):
+        full = p.full_tensor() if isinstance(p, DTensor) else p
+        if not torch.equal(full, q):
+            same, worst = False, max(worst, (full - q).abs().max().item())
+    return {"params_bitwise": same, "max_abs_diff": worst, "moved": moved, "muon_bytes_per_step": muon_bytes, "padded_rows_bytes_per_step": padded,
+            "steps": 3, "sharded": sum(isinstance(p, DTensor) for p in model.parameters()),
+            "update_rms": opt.last_update_rms, "ref_update_rms": ref_opt.last_update_rms}
+
+
+SCENARIOS = {"t1_t4": t1_t4_injected, "t2": t2_end_to_end, "t3": t3_resume, "t5": t5_sharded_muon}
 
 
 def main(rank: int, world: int, port: int, out: str) -> None:

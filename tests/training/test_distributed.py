@@ -125,6 +125,29 @@ def test_t3_world1_checkpoint_resumes_on_world2(run2):
     assert sum(owned) == res[0]["t3"]["total_state_entries"]
 
 
+
+def test_t5_fsdp_sharded_muon_equals_single_process_and_moves_each_matrix_once(run2):
+    """ShardedMuon on FSDP2 DTensor shards: bitwise the single-process Muon. Communication: each Muon
+    matrix's gradient rows go to its owner (gather) and the update rows come back (scatter), so over both
+    ranks each matrix crosses the wire once per direction for the half its owner does not hold:
+    S (W-1)/W bytes each way, S in total at W = 2 -- the former all-gather of the whole gradient to every
+    rank plus a broadcast of the update moved 2 S (W-1), twice as much here and W times as much in general."""
+    _, res = run2
+    recs = [_scenario(res, r, "t5") for r in (0, 1)]
+    for rec in recs:
+        assert rec["sharded"] > 0
+        assert rec["params_bitwise"], rec["max_abs_diff"]
+        # the logged RMS sums squares per shard, in another order than one process: equal to rounding
+        assert rec["update_rms"] == pytest.approx(rec["ref_update_rms"], rel=1e-6)
+        assert not [k for k in rec["moved"] if k.startswith("unexpected")], rec["moved"]
+    S, steps = recs[0]["muon_bytes_per_step"], recs[0]["steps"]
+    received = sum(r["moved"]["received"] for r in recs)
+    assert received == sum(r["moved"]["sent"] for r in recs)
+    # one padded half-matrix each way per Muon matrix (a 7-row matrix travels as 4 rows)
+    assert received == steps * 2 * recs[0]["padded_rows_bytes_per_step"]
+    assert S < received / steps < 1.01 * S  # ~S per step; all-gather + broadcast moved 2 S (W-1) = 2 S
+
+
 @pytest.fixture
 def one_thread():
     # the worker ran on 1 thread; match it so GEMM blocking (and so every bit) is the same

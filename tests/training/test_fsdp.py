@@ -40,8 +40,8 @@ def env() -> dict:
     return e
 
 
-def run(out: Path, chats: Path, ranks: int = 1, extra: tuple = ()) -> subprocess.CompletedProcess:
-    args = [*ARGS, "--data", str(chats), "--out", str(out), *extra]
+def run(out: Path, chats: Path, ranks: int = 1, extra: tuple = (), base: list = ARGS) -> subprocess.CompletedProcess:
+    args = [*base, "--data", str(chats), "--out", str(out), *extra]
     if ranks == 1:
         cmd = [str(BIN / "kvl"), *args]
     else:
@@ -127,3 +127,124 @@ def test_damaged_or_mismatched_fsdp_checkpoints_fail_in_one_line(tmp_path, chats
     # nothing was overwritten: the checkpoints are as they were (less the deleted shard), no newer one
     assert sorted(p.name for p in out.glob("step_*")) == ["step_000002", "step_000004"]
     assert all(p.read_bytes() == b for p, b in before.items() if p.exists())
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> Path:
+    """Image chats among twice as many text chats: many rows (one micro-batch each) hold no image."""
+    import random
+
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("fsdp_mm")
+    colours = {"red": (220, 30, 30), "blue": (30, 40, 220)}
+    for c, rgb in colours.items():
+        Image.new("RGB", (56, 56), rgb).save(d / f"{c}.png")
+    rng = random.Random(1)
+    with (d / "mixed.jsonl").open("w") as f:
+        for i in range(48):
+            c = rng.choice(list(colours))
+            if i % 3 == 0:
+                user = [{"type": "image", "image": f"{c}.png"}, {"type": "text", "text": "colour?"}]
+            else:
+                user = f"say {c}"
+            f.write(json.dumps({"messages": [{"role": "user", "content": user},
+                                             {"role": "assistant", "content": c}]}) + "\n")
+    return d / "mixed.jsonl"
+
+
+ALIGN = ["train", "--stage", "align", "--preset", "tiny", "--steps", "4", "--seq-len", "64", "--batch-tokens",
+         "1024", "--lr", "3e-3", "--ns-dtype", "float32", "--device", "cpu", "--save-every", "2"]
+
+
+def test_fsdp_shards_the_vision_tower_and_trains_it_like_one_process(tmp_path, mixed):
+    """align trains only the vision tower and projector (the language model frozen, sharded too): each ViT
+    block is an FSDP unit, and ranks whose row has no image still take part in its collectives."""
+    one = run(tmp_path / "one", mixed, base=ALIGN)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = run(tmp_path / "two", mixed, ranks=2, base=ALIGN)  # --dist defaults to fsdp under torchrun
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "final" / "trainer_state.json").read_text())["dist"] == "fsdp"
+    ref, got = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert max_diff(ref, got) <= 1e-5
+    start = weights(tmp_path / "two", "step_000002")
+    vision = [k for k in got if k.startswith(("vision_tower.", "multi_modal_projector."))]
+    assert any("encoder.blocks" in k for k in vision)
+    assert max(float((got[k] - start[k]).abs().max()) for k in vision) > 1e-4  # the vision side trained
+    assert all(torch.equal(got[k], start[k]) for k in got if k.startswith("language_model."))  # frozen
+
+
+def test_fsdp_checkpoint_with_a_wrong_config_fails_in_one_line(tmp_path, chats):
+    """A sharded checkpoint whose config.json no longer matches its weights (or the optimizer shards) is
+    refused in one line naming the file, before anything is written."""
+    out = tmp_path / "run"
+    r = run(out, chats, extra=("--dist", "fsdp", "--steps", "2", "--save-every", "0"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = out / "step_000002"
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["text_config"]["intermediate_size"] *= 2
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    bad = run(out, chats, extra=("--dist", "fsdp", "--steps", "4", "--resume"))
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+    lines = [ln for ln in bad.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(ckpt) in lines[0] and "does not match the model" in lines[0], lines
+    assert "wrong shape" in lines[0] and "mlp.down_proj.weight" in lines[0]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_export_writes_the_hf_layout_from_a_sharded_run(tmp_path, chats):
+    out, dest = tmp_path / "run", tmp_path / "shipped"
+    r = run(out, chats, ranks=2, extra=("--steps", "2", "--save-every", "0", "--export", str(dest)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    from kvl_core.model import KimiVLForConditionalGeneration
+
+    model = KimiVLForConditionalGeneration.from_pretrained(dest)
+    shipped = load_file(str(dest / "model.safetensors"))
+    trained = weights(out)
+    assert shipped.keys() == trained.keys()
+    assert all(shipped[k].dtype == torch.bfloat16 for k in shipped)
+    assert max(float((shipped[k].float() - trained[k]).abs().max()) for k in shipped) <= 1e-2
+    assert model.config.text.hidden_size > 0
+    # an existing, non-empty --export folder is refused before any training
+    again = run(tmp_path / "run2", chats, extra=("--steps", "2", "--export", str(dest)))
+    assert again.returncode != 0 and "not empty" in again.stderr and not (tmp_path / "run2").exists()
+    assert load_file(str(dest / "model.safetensors")).keys() == shipped.keys()
+
+
+@pytest.mark.slow
+def test_three_ranks_with_eight_experts_train_like_one_process(tmp_path, chats):
+    """No world size is refused for the experts: every expert matrix is its own Shard(0) DTensor (uneven
+    rows where needed) and its Muon owner holds it whole, so 3 ranks with 8 experts per layer work."""
+    extra = ("--batch-tokens", str(64 * 12), "--steps", "4", "--save-every", "0")
+    one = run(tmp_path / "one", chats, extra=extra)
+    three = run(tmp_path / "three", chats, ranks=3, extra=extra)
+    assert one.returncode == 0 and three.returncode == 0, three.stderr[-3000:]
+    assert max_diff(weights(tmp_path / "one"), weights(tmp_path / "three")) <= 1e-5
+
+
+@pytest.mark.slow
+def test_fsdp_vit_stage_equals_one_process(tmp_path):
+    """vit (CoCa: the vision tower called on its own, the CoCa heads replicated) on 2 ranks. SigLIP's
+    negatives are the micro-batch's other images, so one process runs the same micro-batches (--micro-rows)."""
+    import random
+
+    from PIL import Image
+
+    rng = random.Random(0)
+    cols = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 200, 40)}
+    for c, rgb in cols.items():
+        Image.new("RGB", (56, 56), rgb).save(tmp_path / f"{c}.png")
+    data = tmp_path / "cap.jsonl"
+    data.write_text("".join(json.dumps({"image": f"{c}.png", "caption": f"a {c} square"}) + "\n"
+                            for c in (rng.choice(list(cols)) for _ in range(32))))
+    base = ["train", "--stage", "vit", "--preset", "tiny", "--steps", "3", "--seq-len", "64", "--batch-tokens", "256",
+            "--micro-rows", "2", "--lr", "3e-3", "--ns-dtype", "float32", "--device", "cpu"]
+    one = run(tmp_path / "one", data, base=base)
+    two = run(tmp_path / "two", data, ranks=2, base=base)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "final" / "trainer_state.json").read_text())["dist"] == "fsdp"
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert max_diff(a, b) <= 1e-5
+    start = load_file(str(tmp_path / "one" / "step_000003" / "model.safetensors"))
+    assert max_diff(a, start) == 0.0  # final/ is the last step's copy

@@ -297,3 +297,21 @@ def test_a_32k_stage_on_a_small_dataset_packs_rows_as_wide_as_the_data(tmp_path,
     assert batch.input_ids.shape[1] == -(-batch.n_tokens // 128) * 128 < 4096
     r = t.train_step()
     assert r["tokens"] == batch.n_tokens and torch.isfinite(torch.tensor(r["loss"]))
+
+
+@pytest.mark.slow  # ~30 s for the step alone on 2 idle cores (bench/bench_train.py), over the 10 s budget
+def test_a_full_32k_token_sft_row_trains(tmp_path):
+    """One tiny-preset SFT step whose row is filled to the recipe's 32K tokens: document attention,
+    checkpointing (on by default at 32K) and the chunked loss together."""
+    path = tmp_path / "long.jsonl"
+    rng = random.Random(3)
+    with path.open("w") as f:
+        for _ in range(48):
+            text = " ".join(rng.choice(["red", "blue", "cat", "sun"]) for _ in range(rng.randint(300, 500)))
+            f.write(json.dumps({"messages": [{"role": "user", "content": "talk"},
+                                             {"role": "assistant", "content": text}]}) + "\n")
+    t = Trainer(TrainConfig(stage="sft", out=str(tmp_path / "run"), data=[str(path)], preset="tiny", steps=1, seed=0,
+                            device="cpu", plot=False, ns_dtype="float32", batch_tokens=32768))
+    assert t.checkpointed > 0 and t.stream.seq_len == 32768
+    r = t.train_step()  # batch_tokens = one row: more than 30K tokens means a row (nearly) 32K wide
+    assert 30000 < r["tokens"] <= 32768 and torch.isfinite(torch.tensor(r["loss"])) and r["grad_norm"] > 0
