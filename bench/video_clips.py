@@ -38,7 +38,7 @@ PICTURES = {
     "paper": "documents/mdpbench/en_paper_13.jpg",
     "slide": "documents/mdpbench/zh_slide_45.jpg",
 }
-PAGES = {  # held-out material only: PDF pages rendered at 200 dpi (letter: 1700x2200), (file, page)
+PAGES = {  # held-out material only: PDF pages rendered 1700 px wide (letter at 200 dpi), (file, page)
     "handbook": ("documents/docling/amt_handbook_sample.pdf", 0),
     "earnings": ("documents/olmocr_bench/pdfs/earnings.pdf", 0),
     "calculus": ("documents/olmocr_bench/pdfs/openstax_caculus_pg_273.pdf", 0),
@@ -137,11 +137,12 @@ def picture(name: str) -> np.ndarray:
     if name in PICTURES:
         return np.asarray(Image.open(REAL / PICTURES[name]).convert("RGB"))
     if name in PAGES:
-        import fitz
+        import pymupdf
 
         path, page = PAGES[name]
-        with fitz.open(str(REAL / path)) as doc:
-            pix = doc[page].get_pixmap(dpi=200, alpha=False)
+        with pymupdf.open(str(REAL / path)) as doc:
+            p = doc[page]
+            pix = p.get_pixmap(matrix=pymupdf.Matrix(1700 / p.rect.width, 1700 / p.rect.width), alpha=False)
             return np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.width, 3).copy()
     import av
 
