@@ -435,11 +435,30 @@ def boundaries(s: Scores, detector: str = "adaptive", threshold: float | None = 
     inten = s.intensity
     hard = [p for p in hard if not (p > 0 and any(f.out - 1 <= p <= f.back + 1 for f in fade_list)
                                     and max(inten[p - 1], inten[p]) < FADE_BRIGHT * fade_threshold)]
+    # nor is a "cut" on the ramp into or out of the dark run (a bright page dimming changes the structure
+    # and colour scores early in the fade): the fade's middle is the boundary
+    ramps = [_ramp(inten, f) for f in fade_list]
+    hard = [p for p in hard if not any(a < p < f.out - 1 or f.back + 1 < p < b for (a, b), f in zip(ramps, fade_list))]
     out = _label(merge_cuts(hard, fade_list, s, min_len) if fades else hard, hard, fade_list)
     for a, p, b in spans:
         if all(min_len.ok(s, q.pos, p) if q.pos < p else min_len.ok(s, p, q.pos) for q in out):
             out.append(Boundary(p, "dissolve", (a, b)))
     return sorted(out, key=lambda x: x.pos)
+
+
+FADE_RAMP = 30  # frames: the longest fade into or out of black looked for
+FADE_STEP = 1.03  # each frame of a fade-out this much darker than the one before (at least)
+
+
+def _ramp(inten: np.ndarray, f: Fade) -> tuple[int, int]:
+    """The frames dimming steadily into the fade's dark run and brightening out of it: (first, last)."""
+    a = f.out - 1
+    while a > 0 and f.out - a < FADE_RAMP and inten[a - 1] > inten[a] * FADE_STEP:
+        a -= 1
+    b = f.back
+    while b < len(inten) - 1 and b - f.back < FADE_RAMP and inten[b + 1] > inten[b] * FADE_STEP:
+        b += 1
+    return a, b
 
 
 def _label(cuts: list[int], hard: list[int], fade_list: list[Fade]) -> list[Boundary]:
