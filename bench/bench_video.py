@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/bench_video.py [--reps 5] [--backend opencv|pyav] [--fast] [--profile]
     # table on stdout, JSON in bench/results/video.json
+    .venv/bin/python bench/bench_video.py --clips [--reps 5]
+    # composed clips with dissolves, flashes, same-colour cuts (bench/video_clips.py): kvl's default against every
+    # PySceneDetect detector, and the whole commands timed at 720p and 1080p; JSON in bench/results/video_clips.json
 
 For each real file in ../shared/realdata/video and each detector pair (kvl adaptive/content/threshold vs
 PySceneDetect's AdaptiveDetector/ContentDetector/ThresholdDetector, all at default settings, kvl with
@@ -90,7 +93,7 @@ def run_kvl(path: Path, det: str, fast: bool = False) -> tuple[list[float], int,
     from kvl_tasks.video.scenes import find_scenes
 
     t0, c0 = time.perf_counter(), cpu_seconds()
-    r = find_scenes(path, det, fades=False, fast=fast)
+    r = find_scenes(path, det, fades=False, fast=fast, compat=True)
     return r.cut_times, r.frames_scanned, time.perf_counter() - t0, cpu_seconds() - c0
 
 
@@ -207,6 +210,172 @@ def figure(out: Path) -> None:
     print(f"wrote {out.relative_to(REPO)}")
 
 
+# ---- composed clips with every kind of transition (bench/video_clips.py): kvl's default vs each PySceneDetect
+# detector, and whole commands timed side by side -----------------------------------------------------------------
+
+SD_DETECTORS = ("AdaptiveDetector", "ContentDetector", "ThresholdDetector", "HistogramDetector", "HashDetector")
+CLIP_TOL = 2  # frames: a cut within 2 of the truth, a gradual transition anywhere in its frames (±2)
+
+
+def score_clip(found: list[int], truth: list[dict], flashes: list[int], kinds: list[str] | None = None) -> dict:
+    """Precision/recall of boundary frames against the truth: a cut matches within ±2 frames, a dissolve or fade
+    anywhere over its frames (±2), each truth at most once, nearest first. Also: dissolve recall, found frames
+    within ±2 of a flash, and (kvl) how many matches sit within ±2 of the transition's middle with the right kind."""
+    free = sorted(found)
+    hits, dissolve_hits, exact, strict_dissolves = 0, 0, 0, 0
+    for t in truth:
+        lo, hi = (t["frame"], t["frame"]) if t["kind"] == "cut" else (t["first"], t["last"])
+        near = [f for f in free if lo - CLIP_TOL <= f <= hi + CLIP_TOL]
+        if not near:
+            continue
+        f = min(near, key=lambda f: abs(f - t["frame"]))
+        free.remove(f)
+        hits += 1
+        dissolve_hits += t["kind"] == "dissolve"
+        if kinds is not None and abs(f - t["frame"]) <= CLIP_TOL and kinds[found.index(f)] == t["kind"]:
+            exact += 1
+            strict_dissolves += t["kind"] == "dissolve"
+    n_diss = sum(t["kind"] == "dissolve" for t in truth)
+    return {"found": found, "precision": hits / len(found) if found else 1.0,
+            "recall": hits / len(truth) if truth else 1.0,
+            "dissolve_recall": dissolve_hits / n_diss if n_diss else None,
+            # kvl: dissolves reported as dissolves within ±2 frames of their middle
+            "dissolve_recall_strict": strict_dissolves / n_diss if n_diss and kinds is not None else None,
+            "on_flashes": sum(any(abs(f - x) <= CLIP_TOL for x in flashes) for f in free),
+            "middle_and_kind": exact if kinds is not None else None}
+
+
+def f1(r: dict) -> float:
+    p, q = r["precision"], r["recall"]
+    return 2 * p * q / (p + q) if p + q else 0.0
+
+
+def clips_accuracy(sd, clip_dir: Path, names=None) -> list[dict]:
+    sys.path.insert(0, str(HERE))
+    import video_clips
+
+    from kvl_tasks.video.scenes import find_scenes
+
+    rows = []
+    for path, facts in video_clips.ensure(clip_dir, names):
+        truth, flashes = facts["boundaries"], facts["flashes"]
+        r = find_scenes(path)
+        row = {"clip": facts["clip"], "held_out": facts["held_out"], "size": facts["size"], "frames": facts["frames"],
+               "truth": [(t["frame"], t["kind"]) for t in truth], "flashes": flashes,
+               "kvl": score_clip(r.cuts, truth, flashes, [s.kind for s in r.scenes[1:]])}
+        row["kvl"]["kinds"] = [s.kind for s in r.scenes[1:]]
+        row["kvl_pysd_compat"] = score_clip(find_scenes(path, compat=True).cuts, truth, flashes)
+        for det in SD_DETECTORS:
+            cuts, _, _, _ = run_pyscenedetect(sd, path, det, "opencv")
+            row[det] = score_clip([round(t * facts["fps"]) for t in cuts], truth, flashes)
+        best = max(SD_DETECTORS, key=lambda d: (f1(row[d]), row[d]["precision"]))
+        row["pysd_best"] = best
+        k, b = row["kvl"], row[best]
+        row["kvl_at_least_best"] = k["precision"] >= b["precision"] and k["recall"] >= b["recall"]
+        rows.append(row)
+        print(f"  clip {facts['clip']}: done", file=sys.stderr)
+    return rows
+
+
+def _timed(cmd: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system of the finished child) of one whole command."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed: {done.stderr.strip()[-300:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def commands(path: Path, tmp: Path) -> dict[str, list[str]]:
+    """The commands a user runs: kvl's default (with dissolves and the structure channel) and PySceneDetect's CLI
+    with its default detector, both writing the scene list as CSV."""
+    bindir = Path(sys.executable).parent
+    return {"kvl": [str(bindir / "kvl"), "video", "scenes", str(path), "--no-describe", "-q",
+                    "-o", str(tmp / "kvl.csv")],
+            "pyscenedetect": [str(bindir / "scenedetect"), "-i", str(path), "-q", "-o", str(tmp),
+                              "detect-adaptive", "list-scenes"]}
+
+
+def startup() -> dict:
+    """Wall seconds of `kvl --help` and `kvl video scenes --help` (median of 5)."""
+    bindir = Path(sys.executable).parent
+    out = {}
+    for name, cmd in (("kvl --help", [str(bindir / "kvl"), "--help"]),
+                      ("kvl video scenes --help", [str(bindir / "kvl"), "video", "scenes", "--help"])):
+        out[name] = round(statistics.median(_timed(cmd)[0] for _ in range(5)), 3)
+    return out
+
+
+def clips_speed(clip_dir: Path, names: list[str], reps: int) -> list[dict]:
+    """Whole commands, kvl and PySceneDetect in turn (A B A B ...), median wall and CPU; ratios PySD / kvl."""
+    import tempfile
+
+    sys.path.insert(0, str(HERE))
+    import video_clips
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path, facts in video_clips.ensure(clip_dir, names):
+            cmds = commands(path, Path(tmp))
+            runs = {k: [] for k in cmds}
+            for k, cmd in cmds.items():  # warm-up: page cache, Python's bytecode cache
+                _timed(cmd)
+            for _ in range(reps):
+                for k, cmd in cmds.items():
+                    runs[k].append(_timed(cmd))
+            med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in runs.items()}
+            pairs_wall = [b[0] / a[0] for a, b in zip(runs["kvl"], runs["pyscenedetect"])]
+            pairs_cpu = [b[1] / a[1] for a, b in zip(runs["kvl"], runs["pyscenedetect"])]
+            rows.append({"clip": facts["clip"], "size": facts["size"], "frames": facts["frames"],
+                         "kvl_wall": round(med["kvl"][0], 3), "kvl_cpu": round(med["kvl"][1], 3),
+                         "pysd_wall": round(med["pyscenedetect"][0], 3), "pysd_cpu": round(med["pyscenedetect"][1], 3),
+                         "wall_ratio": round(statistics.median(pairs_wall), 2),
+                         "cpu_ratio": round(statistics.median(pairs_cpu), 2), "commands": cmds})
+            print(f"  speed {facts['clip']}: done", file=sys.stderr)
+    return rows
+
+
+def clips_main(args) -> None:
+    sd = ensure_scenedetect()
+    clip_dir = HERE / "results" / "clips"
+    result = {"pyscenedetect_version": sd.__version__, "reps": args.reps,
+              "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs"}
+    result["accuracy"] = acc = clips_accuracy(sd, clip_dir)
+    speed_names = [n for n in __import__("video_clips").CLIPS if n.endswith(("720p", "1080p"))]
+    result["speed"] = speed = clips_speed(clip_dir, speed_names, args.reps)
+    result["startup"] = startup()
+    out = HERE / "results" / "video_clips.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+    def pr(r):
+        return f"{r['precision']:.2f}/{r['recall']:.2f}"
+
+    print(f"\ncomposed clips (truth: bench/video_clips.py), ±{CLIP_TOL} frames, gradual: anywhere over its frames")
+    print(f"{'clip':18} {'set':8} {'kvl P/R':10} {'diss. R':11} {'mid+kind':8} {'flash FP':8} {'compat P/R':10} "
+          + " ".join(f"{d[:-8]:>9}" for d in SD_DETECTORS) + "  best  kvl>=best")
+    for r in acc:
+        k = r["kvl"]
+        dr = "-" if k["dissolve_recall"] is None else f"{k['dissolve_recall']:.2f}/{k['dissolve_recall_strict']:.2f}"
+        print(f"{r['clip']:18} {'heldout' if r['held_out'] else 'tune':8} {pr(k):10} {dr:11} "
+              f"{k['middle_and_kind']}/{len(r['truth']):<6} {k['on_flashes']:<8} {pr(r['kvl_pysd_compat']):10} "
+              + " ".join(f"{pr(r[d]):>9}" for d in SD_DETECTORS) + f"  {r['pysd_best'][:-8]}  {r['kvl_at_least_best']}")
+    print(f"\nwhole command, median of {args.reps} (A B A B), ratio PySceneDetect / kvl")
+    print(f"{'clip':18} {'size':10} {'frames':>6} {'kvl wall':>8} {'PySD wall':>9} {'wall ratio':>10} "
+          f"{'kvl CPU':>7} {'PySD CPU':>8} {'CPU ratio':>9}")
+    for r in speed:
+        print(f"{r['clip']:18} {'x'.join(map(str, r['size'])):10} {r['frames']:6} {r['kvl_wall']:8.2f} "
+              f"{r['pysd_wall']:9.2f} {r['wall_ratio']:9.2f}x {r['kvl_cpu']:7.2f} {r['pysd_cpu']:8.2f} "
+              f"{r['cpu_ratio']:8.2f}x")
+    print("start-up (wall s):", result["startup"])
+    print(f"wrote {out.relative_to(REPO)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5)
@@ -214,9 +383,14 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also time each stage of both tools")
     ap.add_argument("--backend", default="opencv", help="PySceneDetect's decoder: opencv (its default) or pyav")
     ap.add_argument("--figure", action="store_true", help="only draw docs/figures/video-scores.png")
+    ap.add_argument("--clips", action="store_true", help="the composed clips instead: accuracy against every "
+                    "PySceneDetect detector, and whole-command wall/CPU time at 720p and 1080p")
     args = ap.parse_args()
     if not VIDEOS.exists():
         sys.exit(f"{VIDEOS} is not present")
+    if args.clips:
+        sys.path.insert(0, str(HERE))
+        return clips_main(args)
     if args.figure:
         return figure(REPO / "docs" / "figures" / "video-scores.png")
     sd = ensure_scenedetect()

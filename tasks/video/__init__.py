@@ -68,10 +68,11 @@ def scenes_command(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the scene list to this file instead of the terminal.")] = None,
     describe: Annotated[Optional[bool], typer.Option("--describe/--no-describe", help="Describe each scene with the model (default: on when a model is configured).", show_default=False)] = None,
     mode: Annotated[Mode, typer.Option(help="keyframes: the detector splits, the model describes each scene; model: the model splits the whole video (the paper's way), boundaries snapped to detected cuts.")] = Mode.keyframes,
-    detector: Annotated[Detector, typer.Option(help="adaptive: content change relative to its neighbours (camera motion safe); content: fixed threshold; threshold: fades through black only.")] = Detector.adaptive,
+    detector: Annotated[Detector, typer.Option(help="adaptive: content change relative to its neighbours (camera motion safe); content: fixed threshold; threshold: fades through black only. adaptive and content also find dissolves and same-colour cuts, and ignore flashes (see --pysd-compat).")] = Detector.adaptive,
     threshold: Annotated[Optional[float], typer.Option(help="Detector threshold (default: adaptive 3.0 ratio, content 27, threshold 12 mean intensity).", show_default=False)] = None,
     min_scene_len: Annotated[str, typer.Option(help="Shortest scene: seconds (0.6s), a clock time, or frames (15).")] = "0.6s",
     fades: Annotated[bool, typer.Option("--fades/--no-fades", help="With adaptive/content, also cut at fades through black.")] = True,
+    pysd_compat: Annotated[bool, typer.Option("--pysd-compat", help="PySceneDetect's detectors alone, for its exact cut lists: no dissolves, no luma-structure cuts (two pictures of the same colour), no flash filter.")] = False,
     start: Annotated[Optional[str], typer.Option(help="Only look at the video from this time (seconds or HH:MM:SS.mmm).", show_default=False)] = None,
     end: Annotated[Optional[str], typer.Option(help="... up to this time.", show_default=False)] = None,
     split: Annotated[Optional[Path], typer.Option(help="Write one video file per scene into this folder.", show_default=False)] = None,
@@ -131,7 +132,7 @@ def scenes_command(
         task = bar.add_task(f"scanning {file.name}", total=max(last - first, 0))
         result = find_scenes(file, detector.value, threshold, min_scene_len, fades, t_start, t_end, width,
                              backend.value, not exact_decode, keyframes=num_images if images else 3,
-                             on_frames=lambda n: bar.advance(task, n), info=info)
+                             on_frames=lambda n: bar.advance(task, n), info=info, compat=pysd_compat)
     scan_partial = result.partial
     if show:
         fps = result.frames_scanned / result.seconds if result.seconds > 0 else 0.0

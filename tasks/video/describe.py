@@ -241,14 +241,18 @@ def model_scenes(engine: Any, result: SceneList, max_frames: int = 64, **options
             continue
         merged[-1][1], tile[0] = b, b
         merged.append(tile)
-    scenes = []
+    scenes: list[Scene] = []
+    kinds = dict(zip(result.cut_times, result.cut_kinds))
     for n, (a, b, desc) in enumerate(merged, start=1):
         fa, fb = info.first_at_or_after(a), info.first_at_or_after(b) if b < t1 else info.first_at_or_after(t1)
         if fb <= fa:
             continue
         end_t = float(info.times[fb]) if fb < info.frame_count else info.end_time
+        # a boundary snapped onto a detected one keeps its kind; one the model placed alone is the model's
+        kind = None if not scenes else kinds.get(float(info.times[fa]), "model")
         scenes.append(Scene(n, fa, fb, float(info.times[fa]), end_t, desc, [g.time for g in shots
-                                                                             if info.times[fa] <= g.time < end_t]))
+                                                                             if info.times[fa] <= g.time < end_t],
+                            kind=kind))
     for n, s in enumerate(scenes, start=1):
         s.number = n
     result.scenes, result.mode = scenes, "model"

@@ -252,12 +252,14 @@ DISSOLVE_ALPHA = 0.15  # each sampled frame's mix weight within this of a straig
 # Dissolves of still shots leave 0.01-0.05, of moving shots up to 0.16 over long windows; zooms and pans leave
 # 0.15-0.2 over short windows and more over long ones (the motion adds up).
 DISSOLVE_RESIDUAL = (0.06, 0.008)
+SETTLED = 0.03  # a frame weighing less than this of either picture is outside the dissolve
 
 
 @dataclass(frozen=True)
 class Boundary:
     pos: int  # position of the new scene's first frame
     kind: str  # "cut", "dissolve" or "fade"
+    span: tuple[int, int] | None = None  # a dissolve's window or a fade's dark run (positions, inclusive)
 
 
 def _thumbs(s: Scores) -> np.ndarray:
@@ -356,7 +358,10 @@ def dissolve_spans(s: Scores, threshold: float = DEFAULTS["threshold"]) -> list[
             resid = np.abs(X - alpha[:, None] * D).mean(1) / np.maximum(change, 1e-6)
             ok &= (np.abs(alpha - (0.5 + q / (2 * k))) <= DISSOLVE_ALPHA) & (resid <= residual)
             worst = np.maximum(worst, resid)
-        m = max(2, k // 2)  # beyond the ends the mix stays put (clamped at the video's ends)
+        # beyond the ends the mix stays put; a mix the video's end (or start) cuts off is not a dissolve:
+        # the other picture never shows in full
+        m = max(2, k // 2)
+        ok &= (c - k - m >= 0) & (c + k + m <= n - 1)
         for q, want in ((-k - m, 0.0), (k + m, 1.0)):
             alpha = ((t[np.clip(c + q, 0, n - 1)] - A) * D).sum(1) / den
             ok &= np.abs(alpha - want) <= 2 * DISSOLVE_ALPHA
@@ -376,9 +381,27 @@ def dissolve_spans(s: Scores, threshold: float = DEFAULTS["threshold"]) -> list[
             spans.append([c - k, c + k])
     out = []
     for a, b in spans:
-        A, D = t[a], t[b] - t[a]
-        alpha = ((t[a:b + 1] - A) * D).sum(1) / max(float((D * D).sum()), 1e-6)
-        out.append((a, a + int(np.argmax(alpha >= 0.5)), b))
+        # the window found may sit off-centre in a longer dissolve (its residual test fails first on the
+        # longest windows): weigh every frame against the pictures a little beyond it, where the mix has
+        # settled, so the middle and the ends are the transition's own
+        e = max(4, b - a)  # the window can be half the dissolve: reach past the whole of it
+        if a - e < 0 or b + e > n - 1:  # too near the video's start or end to see the mix settle
+            continue
+        lo, hi = a - e, b + e
+        A, D = t[lo], t[hi] - t[lo]
+        alpha = ((t[lo:hi + 1] - A) * D).sum(1) / max(float((D * D).sum()), 1e-6)
+        # its frames: those around the half-way frame that weigh more than SETTLED of each picture
+        first = last = lo + int(np.argmin(np.abs(alpha - 0.5)))
+        while first > lo and SETTLED < alpha[first - 1 - lo] < 1 - SETTLED:
+            first -= 1
+        while last < hi and SETTLED < alpha[last + 1 - lo] < 1 - SETTLED:
+            last += 1
+        # the middle: where a straight line fitted to the weights over the dissolve reaches 0.5 (one noisy
+        # frame near the half would move a plain threshold by a frame)
+        x = np.arange(first, last + 1, dtype=np.float64)
+        slope, icept = np.polyfit(x, alpha[first - lo:last + 1 - lo].astype(np.float64), 1)
+        mid = int(np.ceil((0.5 - icept) / slope - 1e-9)) if slope > 0 else (first + last + 1) // 2
+        out.append((first, min(max(mid, first), last), last))
     return out
 
 
@@ -386,36 +409,66 @@ def boundaries(s: Scores, detector: str = "adaptive", threshold: float | None = 
                min_len: MinLength = MinLength(), fades: bool = True, fade_threshold: float = DEFAULTS["threshold"],
                fade_bias: float = 0.0, dissolves: bool = True, structure: bool = True) -> list[Boundary]:
     """Every scene boundary with its kind. With `structure`, cuts from the luma-structure score join the HSV
-    detector's, and the edges of flashes are dropped; with `dissolves`, cross-fades are found too."""
+    detector's, and the edges of flashes are dropped; with `dissolves`, cross-fades are found too. With
+    neither, the cuts are `detect`'s (PySceneDetect's detectors alone), each labelled."""
     if detector not in DEFAULTS:
         raise ValueError(f"unknown detector {detector!r}")
     t = DEFAULTS[detector] if threshold is None else threshold
     if detector == "threshold":
-        return [Boundary(f.cut, "fade") for f in fade_cuts(s, t, min_len, fade_bias)]
-    hard = adaptive_cuts(s, t, min_len) if detector == "adaptive" else content_cuts(s, t, min_len)
+        return [Boundary(f.cut, "fade", (f.out, f.back - 1)) for f in fade_cuts(s, t, min_len, fade_bias)]
+    fade_list = fade_cuts(s, fade_threshold, min_len, fade_bias) if fades else []
     use_thumbs = s.thumbs is not None
-    if structure and use_thumbs:
+    hard = adaptive_cuts(s, t, min_len) if detector == "adaptive" else content_cuts(s, t, min_len)
+    if not ((structure or dissolves) and use_thumbs):
+        return _label(merge_cuts(hard, fade_list, s, min_len) if fades else hard, hard, fade_list)
+    if structure:
         thumbs = _thumbs(s)
         hard = sorted(set(hard) | set(structure_cuts(s, min_len)))
         hard = [p for p in hard if not is_flash(s, p, thumbs)]
         hard = _spaced(hard, s, min_len)
-    spans = dissolve_spans(s, fade_threshold) if dissolves and use_thumbs else []
+    spans = dissolve_spans(s, fade_threshold) if dissolves else []
     # the first frames of a dissolve out of a dark shot jump in hue (near-black pixels): such a "cut" inside
     # a dissolve's window is the dissolve itself
     hard = [p for p in hard if not any(a <= p <= b for a, _, b in spans)]
-    fade_list = fade_cuts(s, fade_threshold, min_len, fade_bias) if fades else []
     # a hard cut at a dark run's edge stands for the transition when it is a cut to (or from) black; when the
     # picture beside it is already dim, the picture was fading and the fade is reported at its middle
     inten = s.intensity
     hard = [p for p in hard if not (p > 0 and any(f.out - 1 <= p <= f.back + 1 for f in fade_list)
                                     and max(inten[p - 1], inten[p]) < FADE_BRIGHT * fade_threshold)]
-    cuts = merge_cuts(hard, fade_list, s, min_len) if fades else hard
-    in_fade = [(f.out - 1, f.back + 1) for f in fade_list]
-    out = [Boundary(p, "fade" if any(a <= p <= b for a, b in in_fade) else "cut") for p in cuts]
-    for _, p, _ in spans:
+    # nor is a "cut" on the ramp into or out of the dark run (a bright page dimming changes the structure
+    # and colour scores early in the fade): the fade's middle is the boundary
+    ramps = [_ramp(inten, f) for f in fade_list]
+    hard = [p for p in hard if not any(a < p < f.out - 1 or f.back + 1 < p < b for (a, b), f in zip(ramps, fade_list))]
+    out = _label(merge_cuts(hard, fade_list, s, min_len) if fades else hard, hard, fade_list)
+    for a, p, b in spans:
         if all(min_len.ok(s, q.pos, p) if q.pos < p else min_len.ok(s, p, q.pos) for q in out):
-            out.append(Boundary(p, "dissolve"))
+            out.append(Boundary(p, "dissolve", (a, b)))
     return sorted(out, key=lambda x: x.pos)
+
+
+FADE_RAMP = 30  # frames: the longest fade into or out of black looked for
+FADE_STEP = 1.03  # each frame of a fade-out this much darker than the one before (at least)
+
+
+def _ramp(inten: np.ndarray, f: Fade) -> tuple[int, int]:
+    """The frames dimming steadily into the fade's dark run and brightening out of it: (first, last)."""
+    a = f.out - 1
+    while a > 0 and f.out - a < FADE_RAMP and inten[a - 1] > inten[a] * FADE_STEP:
+        a -= 1
+    b = f.back
+    while b < len(inten) - 1 and b - f.back < FADE_RAMP and inten[b + 1] > inten[b] * FADE_STEP:
+        b += 1
+    return a, b
+
+
+def _label(cuts: list[int], hard: list[int], fade_list: list[Fade]) -> list[Boundary]:
+    """Fade midpoints are fades; hard cuts are cuts, a cut to or from black included (its frame is exact)."""
+    hard_set = set(hard)
+    out = []
+    for p in cuts:
+        f = None if p in hard_set else next((f for f in fade_list if f.out - 1 <= p <= f.back + 1), None)
+        out.append(Boundary(p, "fade", (f.out, f.back - 1)) if f else Boundary(p, "cut"))
+    return out
 
 
 def _spaced(cuts: list[int], s: Scores, min_len: MinLength) -> list[int]:

@@ -2,8 +2,9 @@
 
 * JSON: the video, the settings, the cut frames and, per scene, start/end frame and time, duration, description
   and keyframe times (PySceneDetect has no JSON output).
-* CSV: exactly the columns of PySceneDetect's `list-scenes` (first row `Timecode List:` and the cuts), so
-  scripts written for it keep working. Frame numbers there are 1-based and the end frame is inclusive.
+* CSV: the columns of PySceneDetect's `list-scenes` in its order (first row `Timecode List:` and the cuts), so
+  scripts written for it keep working, plus one last column, `Start Kind` (cut, dissolve, fade; empty for the
+  first scene). Frame numbers there are 1-based and the end frame is inclusive.
 * EDL: CMX 3600, one cut event per scene on reel AX, non-drop-frame timecodes at the nominal rate.
 * Images: `<video>-Scene-<NNN>-<KK>.jpg` (PySceneDetect's naming), JPEG quality 95.
 Every file is written to a temporary name and renamed, so Ctrl-C never leaves half a file.
@@ -50,11 +51,14 @@ def to_csv(result: SceneList) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["Timecode List:", *(timecode(s.start_time) for s in result.scenes[1:])])
+    # PySceneDetect's columns first and unchanged (scripts index them by position), kvl's one column last
     w.writerow(["Scene Number", "Start Frame", "Start Timecode", "Start Time (seconds)", "End Frame",
-                "End Timecode", "End Time (seconds)", "Length (frames)", "Length (timecode)", "Length (seconds)"])
+                "End Timecode", "End Time (seconds)", "Length (frames)", "Length (timecode)", "Length (seconds)",
+                "Start Kind"])
     for s in result.scenes:
         w.writerow([s.number, s.start_frame + 1, timecode(s.start_time), f"{s.start_time:.3f}", s.end_frame,
-                    timecode(s.end_time), f"{s.end_time:.3f}", s.frames, timecode(s.duration), f"{s.duration:.3f}"])
+                    timecode(s.end_time), f"{s.end_time:.3f}", s.frames, timecode(s.duration), f"{s.duration:.3f}",
+                    s.kind or ""])
     return buf.getvalue()
 
 
@@ -70,10 +74,10 @@ def to_markdown(result: SceneList) -> str:
              f"{' (variable frame rate)' if v.vfr else ''}; detector `{result.detector}`"
              f"{', boundaries from the model' if result.mode == 'model' else ''}"
              f"{' — **partial: interrupted**' if result.partial else ''}.", "",
-             "| # | Start | End | Duration | Frames | Description |", "|---:|---|---|---:|---|---|"]
+             "| # | Start | End | Duration | Frames | Starts with | Description |", "|---:|---|---|---:|---|---|---|"]
     for s in result.scenes:
         lines.append(f"| {s.number} | {timecode(s.start_time)} | {timecode(s.end_time)} | {s.duration:.3f} s | "
-                     f"{s.start_frame}–{s.end_frame - 1} | {_md_cell(s.description)} |")
+                     f"{s.start_frame}–{s.end_frame - 1} | {s.kind or ''} | {_md_cell(s.description)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -91,6 +95,8 @@ def to_edl(result: SceneList) -> str:
         tc = f"{smpte(a, rate)} {smpte(b, rate)}"
         lines.append(f"{s.number:03d}  AX       V     C        {tc} {tc}")
         lines.append(f"* FROM CLIP NAME: {v.path.name}")
+        if s.kind:  # events stay plain cuts of the source (each scene is one record); the transition is noted
+            lines.append(f"* TRANSITION IN: {s.kind.upper()}")
         if s.description:
             lines.append(f"* COMMENT: {' '.join(s.description.split())[:200]}")
         lines.append("")
@@ -136,11 +142,12 @@ def table(result: SceneList):
     t = Table(title=title, title_justify="left", expand=False)
     described = any(s.description for s in result.scenes)
     for name, kw in (("#", {"justify": "right"}), ("Start", {}), ("End", {}), ("Duration", {"justify": "right"}),
-                     ("Frames", {"justify": "right"}), ("Description", {"overflow": "fold"}))[:6 if described else 5]:
+                     ("Frames", {"justify": "right"}), ("In", {}),
+                     ("Description", {"overflow": "fold"}))[:7 if described else 6]:
         t.add_column(name, **kw)
     for s in result.scenes:
         row = [str(s.number), timecode(s.start_time), timecode(s.end_time), f"{s.duration:.3f}s",
-               f"{s.start_frame}–{s.end_frame - 1}"]
+               f"{s.start_frame}–{s.end_frame - 1}", s.kind or ""]
         t.add_row(*row, *([s.description or ""] if described else []))
     return t
 

@@ -17,7 +17,7 @@ from typing import Callable
 from kvl_core.errors import KvlError
 
 from .decode import DETECT_WIDTH, VideoInfo, detect_size, probe
-from .detect import DEFAULTS, MinLength, Scorer, Scores, detect
+from .detect import DEFAULTS, MinLength, Scorer, Scores, boundaries
 from .scan import scan
 from .timecode import parse_length, timecode
 
@@ -31,6 +31,7 @@ class Scene:
     end_time: float
     description: str | None = None
     keyframes: list[float] = field(default_factory=list)  # times of the frames that stand for the scene
+    kind: str | None = None  # how the scene begins: cut, dissolve, fade (model: the model's own boundary); None first
 
     @property
     def duration(self) -> float:
@@ -63,6 +64,8 @@ class SceneList:
     cut_times: list[float] = field(default_factory=list)  # the detector's cuts, kept for --mode model snapping
     missing: int = 0  # frames the container lists in the range but the decoder never produced
     ended_early: bool = False  # decoding stopped before the range's last frame: a truncated or damaged file
+    cut_kinds: list[str] = field(default_factory=list)  # the kind of each of cut_times
+    spans: dict[int, tuple[int, int]] = field(default_factory=dict)  # boundary frame -> gradual transition's frames
 
     @property
     def cuts(self) -> list[int]:
@@ -76,8 +79,17 @@ class SceneList:
                       "variable_frame_rate": v.vfr, "rotation": v.rotation},
             "detector": self.detector, "settings": self.settings, "mode": self.mode, "partial": self.partial,
             "frames_scanned": self.frames_scanned, "frames_missing": self.missing, "seconds": round(self.seconds, 3),
-            "cuts": self.cuts, "scenes": [s.to_dict() for s in self.scenes],
+            "cuts": self.cuts, "boundaries": [self._boundary(s) for s in self.scenes[1:]],
+            "scenes": [s.to_dict() for s in self.scenes],
         }
+
+    def _boundary(self, s: Scene) -> dict:
+        d = {"frame": s.start_frame, "time": round(s.start_time, 6), "timecode": timecode(s.start_time),
+             "kind": s.kind}
+        span = self.spans.get(s.start_frame)
+        if span is not None:  # a dissolve or fade: the frames it runs over (inclusive)
+            d["first_frame"], d["last_frame"] = span
+        return d
 
 
 def keyframe_times(info: VideoInfo, start: float, end: float, k: int = 3) -> list[float]:
@@ -89,7 +101,8 @@ def keyframe_times(info: VideoInfo, start: float, end: float, k: int = 3) -> lis
     return sorted(set(picks))
 
 
-def build_scenes(info: VideoInfo, s: Scores, cuts: list[int], scan_end: float, k: int = 3) -> list[Scene]:
+def build_scenes(info: VideoInfo, s: Scores, cuts: list[int], scan_end: float, k: int = 3,
+                 kinds: dict[int, str] | None = None) -> list[Scene]:
     if not len(s.index):
         return []
     m = len(s.index)
@@ -99,7 +112,9 @@ def build_scenes(info: VideoInfo, s: Scores, cuts: list[int], scan_end: float, k
         start_t = float(s.times[a])
         end_t = float(s.times[b]) if b < m else scan_end
         end_f = int(s.index[b]) if b < m else int(s.index[-1]) + 1
-        out.append(Scene(n, int(s.index[a]), end_f, start_t, end_t, keyframes=keyframe_times(info, start_t, end_t, k)))
+        kind = None if n == 1 else (kinds or {}).get(a, "cut")
+        out.append(Scene(n, int(s.index[a]), end_f, start_t, end_t, keyframes=keyframe_times(info, start_t, end_t, k),
+                         kind=kind))
     return out
 
 
@@ -132,15 +147,21 @@ def find_scenes(
     keyframes: int = 3,
     on_frames: Callable[[int], None] | None = None,
     info: VideoInfo | None = None,
+    compat: bool = False,
 ) -> SceneList:
-    """Detect scenes; `on_frames(n)` is called after each batch of n frames (progress bars)."""
+    """Detect scenes; `on_frames(n)` is called after each batch of n frames (progress bars).
+
+    By default adaptive and content also get the structure channel, the flash filter and dissolves
+    (`detect.boundaries`); `compat` runs PySceneDetect's detectors alone, which reproduces its cut lists."""
     if detector not in DEFAULTS:
         raise KvlError(f"--detector: expected one of {', '.join(DEFAULTS)}, got {detector!r}")
     seconds, frames = parse_length(min_scene_len)
     min_len = MinLength(seconds, frames)
     info = info or probe(path)
     start, end = resolve_range(info, start, end)
-    scorer = Scorer(content=detector != "threshold", intensity=detector == "threshold" or fades)
+    extended = not compat and detector != "threshold"
+    scorer = Scorer(content=detector != "threshold", intensity=detector == "threshold" or fades or extended,
+                    structure=extended)
     t0, partial, last = time.perf_counter(), False, -1
     try:
         for batch in scan(info, width, start, end, backend=backend, fast=fast):
@@ -155,18 +176,21 @@ def find_scenes(
         if partial:
             raise KeyboardInterrupt
         raise KvlError(f"{info.path}: no frame could be decoded in the requested range (damaged or truncated file)")
-    cuts = detect(s, detector, threshold, min_len, fades=fades)
+    found = boundaries(s, detector, threshold, min_len, fades=fades, dissolves=extended, structure=extended)
     scan_end = float(info.times[last + 1]) if last + 1 < info.frame_count else info.end_time
-    scenes = build_scenes(info, s, cuts, scan_end, keyframes)
+    scenes = build_scenes(info, s, [b.pos for b in found], scan_end, keyframes, {b.pos: b.kind for b in found})
+    spans = {int(s.index[b.pos]): (int(s.index[b.span[0]]), int(s.index[b.span[1]])) for b in found if b.span}
     w, h = detect_size(info, width)
     settings = {"threshold": DEFAULTS[detector] if threshold is None else threshold, "min_scene_len": min_scene_len,
                 "fades": bool(fades and detector != "threshold"), "start": start, "end": end,
-                "detect_size": [w, h], "backend": backend}
+                "detect_size": [w, h], "backend": backend, "pysd_compat": bool(compat),
+                "dissolves": extended, "structure": extended}
     first, stop = info.first_at_or_after(start), info.frame_count if end is None else info.first_at_or_after(end)
     missing = 0 if partial else stop - first - len(s.index)
     ended_early = not partial and (last < stop - 1 or (end is None and _cut_short(info)))
     return SceneList(info, scenes, detector, settings, len(s.index), time.perf_counter() - t0, partial,
-                     cut_times=[sc.start_time for sc in scenes[1:]], missing=missing, ended_early=ended_early)
+                     cut_times=[sc.start_time for sc in scenes[1:]], missing=missing, ended_early=ended_early,
+                     cut_kinds=[sc.kind for sc in scenes[1:]], spans=spans)
 
 
 def _cut_short(info: VideoInfo) -> bool:

@@ -28,9 +28,12 @@ def result(vids):
 def test_csv_has_pyscenedetects_list_scenes_layout(result):
     rows = list(csv.reader(io.StringIO(export.to_csv(result))))
     assert rows[0] == ["Timecode List:", "00:00:01.000", "00:00:02.333"]
-    assert rows[1] == PYSCENEDETECT_HEADER
+    # PySceneDetect's columns in its order (scripts index them), then kvl's one column: the boundary's kind
+    assert rows[1] == PYSCENEDETECT_HEADER + ["Start Kind"]
     # 1-based frames, inclusive end frame, exclusive end time: as PySceneDetect prints testvideo.mp4
-    assert rows[2] == ["1", "1", "00:00:00.000", "0.000", "30", "00:00:01.000", "1.000", "30", "00:00:01.000", "1.000"]
+    assert rows[2] == ["1", "1", "00:00:00.000", "0.000", "30", "00:00:01.000", "1.000", "30", "00:00:01.000", "1.000",
+                       ""]
+    assert [r[-1] for r in rows[3:]] == ["cut", "cut"]
     assert rows[3][:2] == ["2", "31"] and rows[3][4] == "70" and rows[3][7] == "40"
     assert rows[4][4] == "95" and rows[4][6] == "3.167"
 
@@ -46,9 +49,11 @@ def test_edl_is_cmx3600(result):
 
 def test_markdown_and_json(result):
     md = export.to_markdown(result)
-    assert "| 2 | 00:00:01.000 | 00:00:02.333 | 1.333 s | 30–69 | green, with \"quotes\" \\| and a pipe |" in md
+    assert "| 2 | 00:00:01.000 | 00:00:02.333 | 1.333 s | 30–69 | cut | green, with \"quotes\" \\| and a pipe |" in md
     data = json.loads(export.to_json(result))
     assert data["cuts"] == [30, 70] and data["video"]["frames"] == 95
+    assert data["boundaries"] == [{"frame": 30, "time": 1.0, "timecode": "00:00:01.000", "kind": "cut"},
+                                  {"frame": 70, "time": round(70 / 30, 6), "timecode": "00:00:02.333", "kind": "cut"}]
     s = data["scenes"][1]
     assert (s["start_frame"], s["end_frame"], s["start_timecode"], s["frames"]) == (30, 70, "00:00:01.000", 40)
     assert s["duration"] == pytest.approx(4 / 3, abs=1e-6) and len(s["keyframes"]) == 3
