@@ -366,7 +366,7 @@ def train_reading(cfg: ReadConfig, on_event=None) -> dict:
         if load is not None:
             load.update_biases(1e-3, lambda x: x)
         last = {"step": step + 1, "loss": float(loss.detach()), "lr": groups[0]["peak"] * scale, "grad_norm": gn,
-                "tok_s": tokens / max(1e-9, time.perf_counter() - t_step),
+                "tok_s": tokens / max(1e-9, time.perf_counter() - t_step), "step_s": time.perf_counter() - t_step,
                 "images": (step + 1) * cfg.batch, "seconds": round(time.perf_counter() - t0, 1), **info}
         with metrics.open("a") as f:
             f.write(json.dumps(last) + "\n")
@@ -377,7 +377,9 @@ def train_reading(cfg: ReadConfig, on_event=None) -> dict:
                   str(tmp / "dense_head.safetensors"))
 
     model.eval()
-    path = write_checkpoint(out, cfg.steps, model, side_dir, {"step": cfg.steps, "stage": cfg.mode}, extra=extra, keep=1)
+    # the trainer's state layout where it applies (images seen as the data counter), so tools read both alike
+    state = {"step": cfg.steps, "stage": cfg.mode, "data": {"counters": {"samples": cfg.steps * cfg.batch}}}
+    path = write_checkpoint(out, cfg.steps, model, side_dir, state, extra=extra, keep=1)
     publish_final(out, path)
     keys = {"read-vit": ["dense", "mse"], "read-lm": ["lm"], "read-joint": ["lm", "dense", "mse"]}[cfg.mode]
     plot_metrics(metrics, out / "loss.png", title=f"kvl-nano {cfg.mode}",
