@@ -5,6 +5,8 @@ stages to run in order, each starting from the previous stage's `final/` checkpo
 
     vit (CoCa: ViT + caption decoder) -> align (LLM frozen) -> pretrain (joint) -> sft (answers only)
 
+or, for a model learning to read from scratch, the reading stages of training/reading.py first
+(read-vit: dense glyph labels; read-lm: the LM on oracle visual tokens; read-joint) and then sft.
 `nano` is the recipe of the built-in kvl-nano model. Everything is seeded: the same seed regenerates
 byte-identical data and, on the same hardware and torch build, the same weights. A run folder holds
 
