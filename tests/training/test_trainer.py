@@ -310,7 +310,8 @@ def test_a_full_32k_token_sft_row_trains(tmp_path):
             text = " ".join(rng.choice(["red", "blue", "cat", "sun"]) for _ in range(rng.randint(300, 500)))
             f.write(json.dumps({"messages": [{"role": "user", "content": "talk"},
                                              {"role": "assistant", "content": text}]}) + "\n")
-    t = Trainer(TrainConfig(stage="sft", out=str(tmp_path / "run"), data=[str(path)], preset="tiny", steps=1, seed=0,
+    # 2 steps: the SFT recipe's first half is its 32K phase (with 1 step, round(0.5) = 0 leaves only 128K)
+    t = Trainer(TrainConfig(stage="sft", out=str(tmp_path / "run"), data=[str(path)], preset="tiny", steps=2, seed=0,
                             device="cpu", plot=False, ns_dtype="float32", batch_tokens=32768))
     assert t.checkpointed > 0 and t.stream.seq_len == 32768
     r = t.train_step()  # batch_tokens = one row: more than 30K tokens means a row (nearly) 32K wide
