@@ -185,9 +185,8 @@ class _Doc:
 
 
 def _read_docs(path: str) -> list[_Doc]:
-    from types import SimpleNamespace
-
     from kvl_core.errors import KvlError
+    from kvl_core.synth.documents import Glyph
 
     base = Path(path).parent
     docs = []
@@ -200,7 +199,7 @@ def _read_docs(path: str) -> list[_Doc]:
             msgs = row["messages"]
             image = next(p["image"] for m in msgs if isinstance(m["content"], list) for p in m["content"]
                          if p.get("type") == "image")
-            glyphs = [SimpleNamespace(char=c, x=x, y=y, bold=bool(b)) for c, x, y, b in row["glyphs"]]
+            glyphs = [Glyph(c, x, y, 0, bool(b)) for c, x, y, b in row["glyphs"]]  # size is not stored
             docs.append(_Doc(str(base / image), msgs, glyphs))
     return docs
 
@@ -213,13 +212,12 @@ def _order(n: int, seed: int, epoch: int) -> list[int]:
 
 def _crop(img, glyphs, rng: random.Random, max_wh: tuple[int, int]):
     """A random window of at most `max_wh` px and the glyphs whose centre is inside it (shifted)."""
-    from types import SimpleNamespace
+    from dataclasses import replace
 
     w, h = img.size
     cw, ch = min(w, rng.randint(max_wh[0] // 2, max_wh[0])), min(h, rng.randint(max_wh[1] // 2, max_wh[1]))
     x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
-    inside = [SimpleNamespace(char=g.char, x=g.x - x0, y=g.y - y0, bold=g.bold) for g in glyphs
-              if x0 <= g.x < x0 + cw and y0 <= g.y < y0 + ch]
+    inside = [replace(g, x=g.x - x0, y=g.y - y0) for g in glyphs if x0 <= g.x < x0 + cw and y0 <= g.y < y0 + ch]
     return img.crop((x0, y0, x0 + cw, y0 + ch)), inside
 
 
