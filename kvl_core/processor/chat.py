@@ -250,7 +250,9 @@ class Processor:
         return render_text(messages, add_generation_prompt, continue_final_message)
 
     def encode(self, messages: Sequence[Message], add_generation_prompt: bool = True,
-               continue_final_message: bool = False) -> EncodedChat:
+               continue_final_message: bool = False, pixels: bool = True) -> EncodedChat:
+        """`pixels=False`: token ids and masks only (pixel_values None), for callers that make the image
+        tokens' features themselves (kvl_core.training.reading's oracle)."""
         tok = self.tokenizer
         ids: list[int] = []
         mask: list[bool] = []
@@ -287,7 +289,7 @@ class Processor:
                 mask.extend([False] * n)
         flush()
 
-        if images:
+        if images and pixels:
             packed = self.image_processor(images, labels)
             pixel_values, grids = packed["pixel_values"], packed["image_grid_hws"]
             mh, mw = self.image_processor.merge_kernel_size

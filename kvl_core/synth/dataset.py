@@ -29,8 +29,10 @@ from kvl_core.prompts import GUI_SYSTEM_PROMPT, gui_user_text, ocr_prompt
 from kvl_core.synth import captions as CAP
 from kvl_core.synth.documents import DocPlan, DocSpec, draw_document, glyphs, plan_document, plan_line
 from kvl_core.synth.screens import ScreenPlan, ScreenSpec, Target, draw_screen, ground_truth_answer, plan_screen
+from kvl_core.synth.screens import glyphs as screen_glyphs
 
-TRAIN_KINDS = ("ocr", "ground", "caption", "text", "line")
+TRAIN_KINDS = ("ocr", "ground", "caption", "text", "line", "screen")
+SCREEN_TARGETS = 3  # "screen" lines per rendered screen: the reading stages read several targets per image
 HELDOUT_KINDS = ("ocr", "ground")
 HELDOUT_SEED = 20250410
 RESERVE_MOD = 8
@@ -137,16 +139,19 @@ def _train_item(kind: str, seed: int, index: int, cfg: SynthConfig) -> tuple[lis
             # where every character was drawn: the targets of the dense reading stages (training/reading.py)
             "glyphs": [[g.char, round(g.x, 1), round(g.y, 1), int(g.bold)] for g in glyphs(plan, drawn["angle"])]}
         return [rec], _png(img)
-    if kind == "ground":
+    if kind in ("ground", "screen"):
         rng, plan, _ = _plan_screen("train", kind, seed, index, cfg.screen)
         img = draw_screen(plan, rng, cfg.screen)
         recs = []
-        for t in pick_targets(rng, plan.targets, cfg.targets_per_screen):
+        for t in pick_targets(rng, plan.targets, _per_item(kind, cfg)):
             recs.append({"messages": [
                 {"role": "system", "content": GUI_SYSTEM_PROMPT},
                 {"role": "user", "content": [{"type": "image", "image": "{image}"},
                                              {"type": "text", "text": gui_user_text(t.instruction)}]},
                 {"role": "assistant", "content": ground_truth_answer(t, plan.size)}], "target": t.kind})
+        if kind == "screen":
+            marks = [[g.char, round(g.x, 1), round(g.y, 1), int(g.bold)] for g in screen_glyphs(plan)]
+            recs = [{**r, "glyphs": marks} for r in recs]
         return recs, _png(img)
     if kind == "caption":
         rng = _rng("train", kind, seed, index, 0)
@@ -161,6 +166,10 @@ def _train_item(kind: str, seed: int, index: int, cfg: SynthConfig) -> tuple[lis
             img, cap = CAP.render_shapes(rng)
         return [{"image": "{image}", "caption": cap, "source": source}], _png(img)
     raise ValueError(f"unknown synthetic data kind {kind!r} (one of {', '.join(TRAIN_KINDS)})")
+
+
+def _per_item(kind: str, cfg: SynthConfig) -> int:
+    return {"ground": cfg.targets_per_screen, "screen": SCREEN_TARGETS}.get(kind, 1)
 
 
 def _train_job(args: tuple) -> tuple[list[dict], bytes | None]:
@@ -192,6 +201,8 @@ def write_train(kind: str, out_dir: str | os.PathLike, n: int, seed: int = 0, *,
              [char, x, y, bold]) for the reading stages
     line     the same for one line of text (corpus words, random strings, numbers)
     ground   chat: system GUI_SYSTEM_PROMPT, user [image, gui_user_text(instruction)] -> gui answer
+    screen   the same, SCREEN_TARGETS lines per screen, plus "glyphs" (text and control marks) for the
+             reading stages
     caption  {"image", "caption"} for the CoCa stage
     text     {"text": Markdown} documents as pre-training text (no images)
     `on_progress(k)` is called with the number of lines just written (for a progress bar).
@@ -206,7 +217,7 @@ def write_train(kind: str, out_dir: str | os.PathLike, n: int, seed: int = 0, *,
     out.mkdir(parents=True, exist_ok=True)
     if kind != "text":
         img_dir.mkdir(exist_ok=True)
-    per = cfg.targets_per_screen if kind == "ground" else 1
+    per = _per_item(kind, cfg)
     n_items = -(-n // per)
     records: list[dict] = []
     jobs = ((kind, seed, i, cfg) for i in range(n_items))

@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 
 from kvl_core.prompts import gui_answer
 from kvl_core.synth import common as C
+from kvl_core.synth.documents import Glyph
 
 KINDS = ("button", "checkbox", "toggle", "field", "menu", "close")
 
@@ -439,11 +440,68 @@ def draw_screen(plan: ScreenPlan, rng: random.Random | None = None, spec: Screen
     return img
 
 
+# Marks for the controls that have no text: one glyph at the control's centre, all outside ASCII so the
+# reading stages give them one class ("other") and the language model tells them apart by context.
+MARKS = {"close": "\u00d7", "checkbox": "\u2610", "toggle": "\u25ef", "field": "\u25ad"}
+
+
+def _text_glyphs(text: str, font, xy: tuple[float, float], anchor: str, bold: bool, size: int) -> list[Glyph]:
+    """Centres of the characters `ImageDraw.text(xy, text, anchor=anchor)` draws (anchors l/m/r + m)."""
+    x, y = xy
+    width = font.getlength(text)
+    x0 = {"l": x, "m": x - width / 2, "r": x - width}[anchor[0]]
+    _, b0, _, b1 = font.getbbox("x", anchor="lm")  # the x-height band, relative to the middle anchor
+    cy = y + (b0 + b1) / 2
+    return [Glyph(ch, x0 + (font.getlength(text[:i]) + font.getlength(text[: i + 1])) / 2, cy, size, bold)
+            for i, ch in enumerate(text)]
+
+
+def glyphs(plan: ScreenPlan) -> list[Glyph]:
+    """Every character `draw_screen` writes and one mark (`MARKS`) per text-less control, in drawing order:
+    the per-patch targets of the reading stages on screens (training/reading.py)."""
+    W, H = plan.size
+    font = C.get_font(plan.family, plan.font_size)
+    bold = C.get_font(plan.family, plan.font_size, True)
+    fs = plan.font_size
+
+    def mark(kind: str, box) -> Glyph:
+        return Glyph(MARKS[kind], (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, fs, False)
+
+    out: list[Glyph] = []
+    if plan.taskbar_h:
+        out += _text_glyphs(plan.clock, font, (W - 8, H - plan.taskbar_h / 2), "rm", False, fs)
+    for win in plan.windows:
+        x1, y1 = win.box[:2]
+        out += _text_glyphs(win.title, bold, (x1 + 8, y1 + win.title_h / 2), "lm", True, fs)
+        for w in win.widgets:
+            bx1, by1, bx2, by2 = w.box
+            cy = (by1 + by2) / 2
+            if w.kind == "close":
+                out.append(mark("close", w.box))
+            elif w.kind in ("menu", "button"):
+                out += _text_glyphs(w.label, font, ((bx1 + bx2) / 2, cy), "mm", False, fs)
+            elif w.kind == "text":
+                out += _text_glyphs(w.label, font, (bx1, cy), "lm", False, fs)
+            elif w.kind == "checkbox":
+                out.append(mark("checkbox", w.extra["box"]))
+                out += _text_glyphs(w.label, font, w.extra["text"], "lm", False, fs)
+            elif w.kind == "toggle":
+                out += _text_glyphs(w.label, font, w.extra["text"], "lm", False, fs)
+                out.append(mark("toggle", w.box))
+            elif w.kind == "field":
+                out += _text_glyphs(w.label + ":", font, w.extra["text"], "lm", False, fs)
+                if w.extra.get("value"):
+                    out += _text_glyphs(w.extra["value"], font, (bx1 + 4, cy), "lm", False, fs)
+                else:
+                    out.append(mark("field", w.box))
+    return out
+
+
 def render_screen(rng: random.Random, spec: ScreenSpec = ScreenSpec()) -> tuple[Image.Image, list[Target]]:
     """(screenshot, its clickable targets)."""
     plan = plan_screen(rng, spec)
     return draw_screen(plan, rng, spec), plan.targets
 
 
-__all__ = ["KINDS", "ScreenPlan", "ScreenSpec", "Target", "draw_screen", "ground_truth_answer", "instruction_for",
+__all__ = ["KINDS", "MARKS", "ScreenPlan", "ScreenSpec", "Target", "draw_screen", "glyphs", "ground_truth_answer", "instruction_for",
            "plan_screen", "render_screen"]

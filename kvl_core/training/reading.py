@@ -40,6 +40,7 @@ SLOTS = 2  # characters whose centre falls in one patch (left to right); more ar
 N_CLASSES = 98
 NONE, BULLET, OTHER = 0, 96, 97
 NONE_WEIGHT = 0.1
+POS_FREQS = 8  # Fourier frequencies per axis of the oracle's position vector
 
 
 def char_class(ch: str) -> int:
@@ -94,8 +95,23 @@ class Oracle(nn.Module):
         self.register_buffer("chars", chars, persistent=False)
         self.register_buffer("bold", torch.randn(kernel, hidden, generator=g) * (scale / math.sqrt(SLOTS)),
                              persistent=False)
+        # Where the token is (for grounding: the read-out has to say where things are): a fixed random
+        # projection of Fourier features of the token's centre, x and y in [0, 1] of the image. Smooth in
+        # the position, so nearby tokens get nearby vectors; each axis has about one character's norm.
+        # Its own generator: the character vectors above stay what the earlier stages learned.
+        gp = torch.Generator().manual_seed(20_011 + seed)
+        self.register_buffer("freqs", 2 * math.pi * torch.logspace(-1, math.log10(16), POS_FREQS), persistent=False)
+        self.register_buffer("pos", torch.randn(2, 2 * POS_FREQS, hidden, generator=gp) * (scale / math.sqrt(2 * POS_FREQS)),
+                             persistent=False)
 
-    def forward(self, chars: torch.Tensor, bold: torch.Tensor | None = None) -> torch.Tensor:
+    def position(self, pos: torch.Tensor) -> torch.Tensor:
+        """[M, 2] centres (x, y) in [0, 1] -> [M, E]."""
+        ang = pos.to(self.freqs.dtype).unsqueeze(-1) * self.freqs  # [M, 2, F]
+        feats = torch.cat([ang.sin(), ang.cos()], -1)  # [M, 2, 2F]
+        return torch.einsum("maf,afe->me", feats, self.pos)
+
+    def forward(self, chars: torch.Tensor, bold: torch.Tensor | None = None,
+                pos: torch.Tensor | None = None) -> torch.Tensor:
         m = chars.shape[0]
         flat = chars.reshape(m, -1)  # [M, K*S]
         out = torch.zeros(m, self.chars.shape[-1], dtype=self.chars.dtype, device=chars.device)
@@ -103,6 +119,8 @@ class Oracle(nn.Module):
             out += self.chars[j][flat[:, j]]
         if bold is not None:
             out += (bold.clamp(min=0).to(out.dtype).unsqueeze(-1) * self.bold).sum(1)
+        if pos is not None:
+            out += self.position(pos)
         return out
 
 
@@ -145,6 +163,16 @@ def merged_targets(per_image: Sequence[tuple[torch.Tensor, torch.Tensor, tuple[i
     return torch.cat(cs), torch.cat(bs), torch.cat(mc), torch.cat(mb)
 
 
+def merged_positions(grids: Sequence[tuple[int, int]], merge: tuple[int, int] = (2, 2)) -> torch.Tensor:
+    """[M, 2] centre (x, y) of every merged token of the images, in [0, 1] of its image, merger order."""
+    out = []
+    for gh, gw in grids:
+        mh, mw = gh // merge[0], gw // merge[1]
+        y, x = torch.meshgrid((torch.arange(mh) + 0.5) / mh, (torch.arange(mw) + 0.5) / mw, indexing="ij")
+        out.append(torch.stack([x.flatten(), y.flatten()], -1))
+    return torch.cat(out)
+
+
 
 
 # ---- the reading stages ---------------------------------------------------------------------------
@@ -162,7 +190,7 @@ READ_MODES = ("read-vit", "read-lm", "read-joint")
 class ReadConfig:
     mode: str
     out: str
-    data: str  # OCR chats JSONL whose lines carry "glyphs" (kvl_core.synth.write_train("ocr"))
+    data: str | list[str]  # chats JSONL whose lines carry "glyphs" (synth kinds ocr, line, screen), PATH[:WEIGHT]
     steps: int
     batch: int  # images per optimizer step
     lr: float  # peak LR of the language model's groups
@@ -174,6 +202,7 @@ class ReadConfig:
     warmup: int = 30
     crop: tuple[int, int] = (320, 96)  # read-vit: max crop (w, h) in original pixels
     aux: float = 0.5  # read-joint: weight of the dense losses
+    positions: bool = False  # oracle tokens say where they are (Oracle.position): for grounding
     device: str = "auto"
 
 
@@ -204,10 +233,47 @@ def _read_docs(path: str) -> list[_Doc]:
     return docs
 
 
-def _order(n: int, seed: int, epoch: int) -> list[int]:
+def _order(n: int, seed: int, epoch: int, source: int = 0) -> list[int]:
     idx = list(range(n))
-    random.Random(f"kvl-read/{seed}/{epoch}").shuffle(idx)
+    random.Random(f"kvl-read/{seed}/{epoch}" + (f"/{source}" if source else "")).shuffle(idx)
     return idx
+
+
+def _sources(data: str | list[str]) -> list[tuple[str, float]]:
+    """`PATH[:WEIGHT]` specs (the trainer's syntax) -> [(path, weight)]."""
+    out = []
+    for spec in [data] if isinstance(data, str) else data:
+        head, _, tail = spec.rpartition(":")
+        if head and tail.replace(".", "", 1).isdigit():
+            out.append((head, float(tail)))
+        else:
+            out.append((spec, 1.0))
+    return out
+
+
+class _Batches:
+    """The documents of each step. One source: shuffled epochs, `batch` at a time (a ragged tail is
+    dropped). Several: each image's source drawn by weight (seeded per step), each source read in its
+    own shuffled epochs, so a small source repeats while a large one is still on its first pass."""
+
+    def __init__(self, sources: list[list[_Doc]], weights: list[float], batch: int, seed: int):
+        self.sources, self.weights, self.batch, self.seed = sources, weights, batch, seed
+        self.cursor = [0] * len(sources)
+
+    def take(self, step: int) -> list[_Doc]:
+        if len(self.sources) == 1:
+            docs = self.sources[0]
+            epoch, k = divmod(step, max(1, len(docs) // self.batch))
+            order = _order(len(docs), self.seed, epoch)
+            return [docs[i] for i in order[k * self.batch:(k + 1) * self.batch]]
+        rng = random.Random(f"kvl-read/{self.seed}/{step}/mix")
+        out = []
+        for s in rng.choices(range(len(self.sources)), weights=self.weights, k=self.batch):
+            docs = self.sources[s]
+            epoch, k = divmod(self.cursor[s], len(docs))
+            out.append(docs[_order(len(docs), self.seed, epoch, s + 1)[k]])
+            self.cursor[s] += 1
+        return out
 
 
 def _crop(img, glyphs, rng: random.Random, max_wh: tuple[int, int]):
@@ -264,7 +330,8 @@ def train_reading(cfg: ReadConfig, on_event=None) -> dict:
     model.train()
     processor = Processor.from_pretrained(side_dir)
     ip = processor.image_processor
-    docs = _read_docs(cfg.data)
+    sources = _sources(cfg.data)
+    batches = _Batches([_read_docs(p) for p, _ in sources], [w for _, w in sources], cfg.batch, cfg.seed)
     torch.manual_seed(cfg.seed + 7)
     head = DenseHead(model.config.vision.hidden_size).to(dev)
     if cfg.model and (Path(cfg.model) / "dense_head.safetensors").exists():
@@ -297,15 +364,12 @@ def train_reading(cfg: ReadConfig, on_event=None) -> dict:
     metrics = out / "metrics.jsonl"
     metrics.write_text("")
     emit("start", {"steps": cfg.steps, "step": 0, "stage": cfg.mode, "frozen": [], "world": 1})
-    per_epoch = max(1, len(docs) // cfg.batch)
     t0 = time.perf_counter()
     last: dict = {}
     for step in range(cfg.steps):
         t_step = time.perf_counter()
         scale = sched.apply(step)
-        epoch, k = divmod(step, per_epoch)
-        order = _order(len(docs), cfg.seed, epoch)
-        batch = [docs[i] for i in order[k * cfg.batch:(k + 1) * cfg.batch]]
+        batch = batches.take(step)
         rng = random.Random(f"kvl-read/{cfg.seed}/{step}")
         rows, per_image, images = [], [], []
         for d in batch:
@@ -318,13 +382,14 @@ def train_reading(cfg: ReadConfig, on_event=None) -> dict:
                 msgs = [{**m, "content": [{"type": "image", "image": img} if p.get("type") == "image" else p
                                           for p in m["content"]]} if isinstance(m["content"], list) else m
                         for m in d.messages]
-                enc = processor.encode(msgs, add_generation_prompt=False)
+                enc = processor.encode(msgs, add_generation_prompt=False, pixels=False)  # the images go in below
                 plan = ip.plan(img.width, img.height)
                 rows.append((enc.input_ids, enc.assistant_mask))
             images.append(img)
             chars, bold = patch_labels(glyphs, plan.image_wh, plan.resized_wh, plan.grid_hw, ip.patch_size)
             per_image.append((chars, bold, plan.grid_hw))
         pc, pb, mc, mb = (t.to(dev) for t in merged_targets(per_image))
+        pos = merged_positions([g for _, _, g in per_image]).to(dev) if cfg.positions else None
         tokens = sum(len(r[0]) for r in rows) if rows else len(mc)
         loss = torch.zeros((), device=dev)
         info: dict = {}
@@ -334,11 +399,11 @@ def train_reading(cfg: ReadConfig, on_event=None) -> dict:
             fp = model.vision_tower(px["pixel_values"].to(dev), grids)
             feats = model.multi_modal_projector(model.vision_tower.patch_merger(fp, grids))
             dl, acc = head.loss(fp, pc, pb)
-            mse = F.mse_loss(feats, oracle(mc, mb))
+            mse = F.mse_loss(feats, oracle(mc, mb, pos))
             info.update(dense=float(dl.detach()), slot_acc=float(acc), mse=float(mse.detach()))
             loss = loss + (1.0 if cfg.mode == "read-vit" else cfg.aux) * (dl + mse)
         else:
-            feats = oracle(mc, mb)
+            feats = oracle(mc, mb, pos)
         if train_lm:
             T = max(len(r[0]) for r in rows)
             pad = processor.tokenizer.pad_id
@@ -388,4 +453,5 @@ def train_reading(cfg: ReadConfig, on_event=None) -> dict:
 
 
 __all__ = ["SLOTS", "N_CLASSES", "READ_MODES", "ReadConfig", "char_class", "patch_labels", "to_merged", "merged_targets",
+           "merged_positions",
            "Oracle", "DenseHead", "train_reading"]

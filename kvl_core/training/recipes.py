@@ -45,6 +45,7 @@ class StageRun:
     name: str = ""  # run folder and log key (default: the stage name; set it when a stage repeats)
     batch: int = 0  # reading stages: images per step
     lr_vision: float = 0.0  # reading stages: peak LR of the vision tower, projector and dense head
+    positions: bool = False  # reading stages: oracle tokens carry their position (grounding)
 
     @property
     def key(self) -> str:
@@ -89,12 +90,14 @@ def nano() -> Recipe:
     vision tower learns glyphs from per-patch labels on crops of documents (read-vit, the paper's ViT
     stage with a dense reading target instead of CoCa captions), the language model learns to read
     out perfect visual tokens into markdown without encoding any image (read-lm), then both are
-    trained together on whole pages (read-joint), and the answer-only SFT mixes in GUI grounding."""
+    trained together on whole pages (read-joint). GUI grounding follows the same three steps on screens,
+    with oracle tokens that also say where they are. ("ground" samples are generated only for the BPE
+    corpus: its GUI prompts.)"""
     from kvl_core.synth.common import DOC_FAMILIES
 
     return Recipe(
         name="nano", preset="nano", merges=NANO_MERGES, doc_fonts=DOC_FAMILIES, random_words=0.5,
-        samples={"ocr": 12000, "ground": 1000, "line": 24000},
+        samples={"ocr": 12000, "ground": 1000, "line": 24000, "screen": 12000},
         heldout={"ocr": 100, "ground": 100},
         stages=[
             StageRun("read-vit", steps=700, data=["ocr"], lr=2e-3, lr_vision=2e-3, batch=16),
@@ -103,12 +106,16 @@ def nano() -> Recipe:
             StageRun("read-lm", steps=1200, data=["line"], lr=3e-3, batch=16, name="read-lm-lines"),
             StageRun("read-lm", steps=600, data=["ocr"], lr=2e-3, batch=8),
             StageRun("read-joint", steps=300, data=["line"], lr=1e-3, lr_vision=5e-4, batch=16, name="read-joint-lines"),
-            StageRun("read-joint", steps=60, data=["ocr"], lr=1e-3, lr_vision=5e-4, batch=4),
-            StageRun("sft", steps=16, data=["ocr", "ground"], lr=5e-4, seq_len=4096, batch_tokens=2 * 4096,
-                     micro_rows=1),
-            # the GUI answer format needs more screens than the mixed SFT gives them
-            StageRun("sft", steps=30, data=["ground:3", "ocr"], lr=1e-3, seq_len=2048, batch_tokens=4096,
-                     micro_rows=1, name="sft-ground"),
+            StageRun("read-joint", steps=700, data=["ocr"], lr=1e-3, lr_vision=5e-4, batch=4),
+            # grounding the same way: the projector learns to say where each token is (oracle positions)
+            # and to see the screens' text and controls, the LM learns to answer GUI instructions from
+            # oracle screens (cheap: no image encoded), then both on real screens; pages keep the reading
+            StageRun("read-vit", steps=300, data=["screen", "ocr"], lr=1e-3, lr_vision=1e-3, batch=16,
+                     positions=True, name="read-vit-screens"),
+            StageRun("read-lm", steps=600, data=["screen:3", "ocr"], lr=2e-3, batch=8, positions=True,
+                     name="read-lm-screens"),
+            StageRun("read-joint", steps=300, data=["screen:2", "ocr"], lr=1e-3, lr_vision=5e-4, batch=4,
+                     positions=True, name="read-joint-screens"),
         ],
         notes="read-vit -> read-lm -> read-joint -> sft on generated documents (glyph positions) and screens",
     )
@@ -118,12 +125,14 @@ def smoke() -> Recipe:
     """The nano pipeline shrunk to seconds on the tiny preset (tests, `--recipe smoke`)."""
     return Recipe(
         name="smoke", preset="tiny", random_words=0.5,
-        samples={"caption": 16, "text": 16, "ocr": 16, "ground": 16},
+        samples={"caption": 16, "text": 16, "ocr": 16, "ground": 16, "screen": 6},
         heldout={"ocr": 4, "ground": 4},
         stages=[
             StageRun("read-vit", steps=2, data=["ocr"], lr=1e-3, lr_vision=1e-3, batch=2),
             StageRun("read-lm", steps=2, data=["ocr"], lr=1e-3, batch=2),
             StageRun("read-joint", steps=1, data=["ocr"], lr=1e-3, lr_vision=1e-3, batch=2),
+            StageRun("read-joint", steps=1, data=["screen", "ocr"], lr=1e-3, lr_vision=1e-3, batch=2, positions=True,
+                     name="read-joint-screens"),
             StageRun("vit", steps=2, data=["caption"], lr=1e-3, seq_len=64, batch_tokens=4 * 64, micro_rows=4),
             StageRun("align", steps=2, data=["ocr", "ground"], lr=1e-3, seq_len=512, batch_tokens=2 * 512,
                      micro_rows=2),
@@ -216,7 +225,7 @@ def _corpus(paths: dict[str, Path], per_kind: int) -> list[tuple[str, int]]:
     read-out then has to learn on top of reading; without them a page is written nearly byte by byte."""
     texts: list[tuple[str, int]] = []
     for kind, path in paths.items():
-        if kind == "line":
+        if kind in ("line", "screen"):  # reading-stage kinds: their prompts repeat the other kinds'
             continue
         with open(path, encoding="utf-8") as fh:
             for i, line in enumerate(fh):
@@ -295,7 +304,7 @@ def run(rec: Recipe, out: str | Path, seed: int = 0, resume: bool = False, devic
         t1 = time.perf_counter()
         if st.stage in READ_MODES:
             result = train_reading(ReadConfig(
-                st.stage, str(stage_dir), str(data[_kinds(st.data)[0][0]]), steps=st.steps, batch=st.batch,
+                st.stage, str(stage_dir), specs, steps=st.steps, batch=st.batch, positions=st.positions,
                 lr=st.lr, lr_vision=st.lr_vision, model=str(previous) if previous else None,
                 preset=None if previous else rec.preset,
                 tokenizer=str(tokenizer) if tokenizer and not previous else None, seed=seed, device=device), emit)

@@ -197,6 +197,13 @@ def test_no_images_gives_none(proc):
     assert out["pixel_values"] is None and out["image_grid_hws"] is None
 
 
+def test_encode_without_pixels_gives_the_same_tokens(proc):
+    msgs = _user_image_question(Image.new("RGB", (300, 200), "white"))
+    full, ids_only = proc.encode(msgs), proc.encode(msgs, pixels=False)
+    assert full.pixel_values is not None and ids_only.pixel_values is None
+    assert (ids_only.input_ids, ids_only.assistant_mask) == (full.input_ids, full.assistant_mask)
+
+
 def test_media_pad_count_equals_merged_patches(proc):
     sizes = [(100, 50), (30, 20), (300, 200), (28, 28), (500, 60)]
     content = image_parts([Image.new("RGB", s) for s in sizes], [f"page {i + 1}" for i in range(len(sizes))])

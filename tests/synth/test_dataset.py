@@ -20,7 +20,9 @@ def test_same_arguments_give_byte_identical_files(tmp_path, kind):
     b = D.write_train(kind, tmp_path / "b", 6, seed=3)
     assert a.name == b.name == f"{kind}.jsonl"
     fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
-    assert fa == fb and len(fa) == (1 if kind == "text" else 7)
+    # one PNG per line, except "screen": SCREEN_TARGETS lines share one screenshot
+    images = 0 if kind == "text" else -(-6 // D.SCREEN_TARGETS) if kind == "screen" else 6
+    assert fa == fb and len(fa) == 1 + images
     c = D.write_train(kind, tmp_path / "c", 6, seed=4)
     assert c.read_bytes() != a.read_bytes()
 

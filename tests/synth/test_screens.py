@@ -80,3 +80,37 @@ def test_render_size_and_determinism():
 def test_bad_spec_is_rejected():
     with pytest.raises(ValueError):
         ScreenSpec(windows=(1, 3))
+
+
+def _contrast_near(img, x: float, y: float, r: int) -> int:
+    """Largest luminance step within r px of (x, y): text and marks have ink of either polarity."""
+    g = img.convert("L")
+    vals = [g.getpixel((i, j)) for i in range(max(0, round(x) - r), min(g.width, round(x) + r + 1))
+            for j in range(max(0, round(y) - r), min(g.height, round(y) + r + 1))]
+    return max(vals) - min(vals)
+
+
+def test_glyphs_follow_the_drawn_text_and_mark_the_controls():
+    """The reading stages' targets on screens: every label is spelled out in drawing order at its ink
+    (light or dark), and each text-less control has exactly one mark inside its box."""
+    from kvl_core.synth.screens import MARKS, glyphs
+
+    for seed, p in enumerate(PLANS[:30]):
+        img = draw_screen(p, random.Random(seed))
+        gl = glyphs(p)
+        text = "".join(g.char for g in gl)
+        for win in p.windows:
+            assert win.title in text
+            for w in win.widgets:
+                if w.kind not in ("close",):
+                    assert w.label in text, (seed, w.label)
+        for g in gl:
+            if g.char in MARKS.values():
+                kind = next(k for k, v in MARKS.items() if v == g.char)
+                boxes = [t.bbox for t in p.targets if t.kind == kind]
+                assert any(b[0] <= g.x < b[2] and b[1] <= g.y < b[3] for b in boxes), (seed, kind)
+            elif g.char.strip() and g.char not in ".,:'-":
+                assert _contrast_near(img, g.x, g.y, max(2, g.size // 3)) > 60, (seed, g)
+        marks = [g.char for g in gl if g.char in MARKS.values()]
+        assert marks.count(MARKS["close"]) == len(p.windows)
+        assert marks.count(MARKS["toggle"]) == sum(t.kind == "toggle" for t in p.targets)

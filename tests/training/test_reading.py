@@ -78,6 +78,38 @@ def test_dense_head_learns_fixed_labels():
     assert float(loss.detach()) < 0.1 * float(first.detach()) and float(acc) == 1.0 and float(acc0) < 0.5
 
 
+def test_oracle_positions_are_smooth_and_leave_the_characters_alone():
+    o = R.Oracle(64, seed=0)
+    chars = torch.randint(0, R.N_CLASSES, (3, 4, R.SLOTS))
+    pos = torch.tensor([[0.100, 0.50], [0.104, 0.50], [0.90, 0.50]])
+    assert torch.equal(R.Oracle(64, seed=0)(chars), o(chars))  # the earlier stages' vectors are unchanged
+    p = o(chars, pos=pos) - o(chars)
+    assert torch.allclose(p, o.position(pos), atol=1e-5)
+    near, far = (p[0] - p[1]).norm(), (p[0] - p[2]).norm()
+    assert near < 0.5 * far  # neighbours get neighbouring vectors
+    assert 0.5 < p.norm(dim=-1).mean() / o(chars).norm(dim=-1).mean() < 2  # about a character's weight
+
+
+def test_merged_positions_are_token_centres_in_merger_order():
+    pos = R.merged_positions([(4, 6), (2, 2)])
+    assert pos.shape == (3 * 2 + 1, 2)
+    assert pos[:3, 1].eq(0.25).all() and torch.allclose(pos[:3, 0], torch.tensor([1 / 6, 0.5, 5 / 6]))
+    assert pos[3, 1] == 0.75 and torch.equal(pos[-1], torch.tensor([0.5, 0.5]))
+
+
+def test_mixed_sources_follow_their_weights_and_each_reads_its_own_epochs():
+    a, b = [R._Doc(f"a{i}", [], []) for i in range(3)], [R._Doc(f"b{i}", [], []) for i in range(50)]
+    batches = R._Batches([a, b], [1.0, 3.0], batch=8, seed=0)
+    seen = [d.image for step in range(100) for d in batches.take(step)]
+    share = sum(x.startswith("a") for x in seen) / len(seen)
+    assert 0.2 < share < 0.3
+    firsts = [x for x in seen if x.startswith("a")]
+    assert all(sorted(firsts[k:k + 3]) == ["a0", "a1", "a2"] for k in range(0, len(firsts) - 2, 3))  # whole epochs
+    again = R._Batches([a, b], [1.0, 3.0], batch=8, seed=0)
+    assert [d.image for step in range(100) for d in again.take(step)] == seen
+    assert R._sources(["x/ocr.jsonl", "y/screen.jsonl:2.5"]) == [("x/ocr.jsonl", 1.0), ("y/screen.jsonl", 2.5)]
+
+
 def test_reading_stage_refuses_data_without_glyphs(tmp_path):
     data = tmp_path / "chats.jsonl"
     msgs = [{"role": "user", "content": [{"type": "image", "image": "a.png"}, {"type": "text", "text": "hi"}]},

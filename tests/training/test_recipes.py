@@ -39,10 +39,11 @@ def test_cli_recipe_evaluates_held_out_sets_and_exports(smoke_run, tmp_path):
 
 def test_smoke_recipe_chains_every_stage(smoke_run):
     out, summary, events = smoke_run
-    names = [st.stage for st in recipes.smoke().stages]
-    assert list(summary["stages"]) == names == ["read-vit", "read-lm", "read-joint", "vit", "align", "pretrain", "sft"]
+    names = [st.key for st in recipes.smoke().stages]
+    assert list(summary["stages"]) == names == ["read-vit", "read-lm", "read-joint", "read-joint-screens", "vit",
+                                                "align", "pretrain", "sft"]
     starts = [info["stage"] for kind, info in events if kind == "start"]
-    assert starts == names
+    assert starts == [st.stage for st in recipes.smoke().stages]
     # read-vit trains the vision side only, read-lm the language model only, read-joint both
     rv, rl, rj = (KimiVLForConditionalGeneration.from_pretrained(out / n / "final").state_dict()
                   for n in ("read-vit", "read-lm", "read-joint"))
@@ -82,8 +83,11 @@ def test_nano_recipe_matches_its_preset():
     cfg = preset("nano")
     assert cfg.text.bos_token_id == 256 + NANO_MERGES
     assert cfg.media_placeholder_token_id == 256 + NANO_MERGES + 21
-    assert [s.key for s in rec.stages] == ["read-vit", "read-lm-lines", "read-lm", "read-joint-lines", "read-joint", "sft",
-                                           "sft-ground"]
+    assert [s.key for s in rec.stages] == ["read-vit", "read-lm-lines", "read-lm", "read-joint-lines", "read-joint",
+                                           "read-vit-screens", "read-lm-screens", "read-joint-screens"]
+    # every kind a stage reads is generated; the screen stages' oracle tokens carry positions
+    assert {k.partition(":")[0] for s in rec.stages for k in s.data} <= set(rec.samples)
+    assert [s.positions for s in rec.stages] == [False] * 5 + [True] * 3
     model = KimiVLForConditionalGeneration(cfg)
     n = sum(p.numel() for p in model.parameters())
     assert 3e6 < n < 10e6  # "a few million parameters"; bf16 weights stay far below the 20 MB cap
