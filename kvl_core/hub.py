@@ -33,7 +33,7 @@ HOW_TO_GET = (
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_MODELS = {
     "kvl-nano": "6.3M parameters, trained from scratch on generated documents and screens by `kvl train "
-                "--recipe nano`; a demo of the pipeline, not a reader",
+                "--recipe nano`; reads clean rendered pages with errors, clicks barely better than chance",
 }
 DEFAULT_MODEL = "kvl-nano"
 # What a built-in model was trained to do, when its kvl_model.json does not say: the verbs it may run

@@ -446,7 +446,7 @@ def train_reading(cfg: ReadConfig, on_event=None) -> dict:
     publish_final(out, path)
     keys = {"read-vit": ["dense", "mse"], "read-lm": ["lm"], "read-joint": ["lm", "dense", "mse"]}[cfg.mode]
     plot_metrics(metrics, out / "loss.png", title=f"kvl-nano {cfg.mode}",
-                 panels=[("loss", ["loss", *keys]), ("accuracy", ["slot_acc", "byte_acc"])])
+                 panels=[("loss", ["loss", *keys]), ("accuracy", ["slot_acc", "byte_acc"])], x="images")
     summary = {"final": str(out / "final"), "steps": cfg.steps, "loss": last.get("loss")}
     emit("end", summary)
     return summary

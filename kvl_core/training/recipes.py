@@ -90,9 +90,9 @@ def nano() -> Recipe:
     vision tower learns glyphs from per-patch labels on crops of documents (read-vit, the paper's ViT
     stage with a dense reading target instead of CoCa captions), the language model learns to read
     out perfect visual tokens into markdown without encoding any image (read-lm), then both are
-    trained together on whole pages (read-joint). GUI grounding follows the same three steps on screens,
-    with oracle tokens that also say where they are. ("ground" samples are generated only for the BPE
-    corpus: its GUI prompts.)"""
+    trained together on whole pages (read-joint), and last on screens and pages together, which teaches
+    the GUI answer (read-joint-screens; the screens' text and control marks are its dense targets).
+    ("ground" samples are generated only for the BPE corpus: its GUI prompts.)"""
     from kvl_core.synth.common import DOC_FAMILIES
 
     return Recipe(
@@ -107,15 +107,9 @@ def nano() -> Recipe:
             StageRun("read-lm", steps=600, data=["ocr"], lr=2e-3, batch=8),
             StageRun("read-joint", steps=300, data=["line"], lr=1e-3, lr_vision=5e-4, batch=16, name="read-joint-lines"),
             StageRun("read-joint", steps=700, data=["ocr"], lr=1e-3, lr_vision=5e-4, batch=4),
-            # grounding the same way: the projector learns to say where each token is (oracle positions)
-            # and to see the screens' text and controls, the LM learns to answer GUI instructions from
-            # oracle screens (cheap: no image encoded), then both on real screens; pages keep the reading
-            StageRun("read-vit", steps=300, data=["screen", "ocr"], lr=1e-3, lr_vision=1e-3, batch=16,
-                     positions=True, name="read-vit-screens"),
-            StageRun("read-lm", steps=600, data=["screen:3", "ocr"], lr=2e-3, batch=8, positions=True,
-                     name="read-lm-screens"),
-            StageRun("read-joint", steps=300, data=["screen:2", "ocr"], lr=1e-3, lr_vision=5e-4, batch=4,
-                     positions=True, name="read-joint-screens"),
+            # the GUI answer on real screens (their text and controls as dense targets); pages keep the reading
+            StageRun("read-joint", steps=400, data=["screen", "ocr"], lr=1e-3, lr_vision=5e-4, batch=4,
+                     name="read-joint-screens"),
         ],
         notes="read-vit -> read-lm -> read-joint -> sft on generated documents (glyph positions) and screens",
     )

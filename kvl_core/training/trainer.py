@@ -744,9 +744,10 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def plot_metrics(metrics: Path, png: Path, title: str = "",
-                 panels: list[tuple[str, list[str]]] | None = None) -> Path | None:
-    """Curves of metrics.jsonl against "step" as a PNG; skipped quietly when matplotlib is not installed.
-    `panels` = [(y label, [keys...]), ...]; the default is the trainer's loss (+ eval loss) and lr."""
+                 panels: list[tuple[str, list[str]]] | None = None, x: str = "step") -> Path | None:
+    """Curves of metrics.jsonl against `x` ("step", or "images" where rows count them) as a PNG; skipped
+    quietly when matplotlib is not installed. `panels` = [(y label, [keys...]), ...]; the default is the
+    trainer's loss (+ eval loss) and lr."""
     try:
         import matplotlib
 
@@ -761,12 +762,12 @@ def plot_metrics(metrics: Path, png: Path, title: str = "",
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
     for ax, (ylabel, keys) in zip(axes[0], panels):
         for key in keys:
-            pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
+            pts = [(r[x], r[key]) for r in rows if r.get(key) is not None]
             if not pts:
                 continue
             sparse = len(pts) < len(rows)  # e.g. eval every N steps: show the points
             ax.plot(*zip(*pts), "o-" if sparse else "-", label=key.replace("_", " "))
-        ax.set_xlabel("step"), ax.set_ylabel(ylabel), ax.grid(alpha=0.3)
+        ax.set_xlabel({"images": "images seen"}.get(x, x)), ax.set_ylabel(ylabel), ax.grid(alpha=0.3)
         if len(keys) > 1:
             ax.legend()
     fig.suptitle(title)

@@ -15,9 +15,10 @@ from .helpers import run_kvl
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
-# Measured 0.48 on this invoice when the shipped weights were exported (it gets the invoice's markdown
-# shape and some of its words, not the numbers: docs/nano.md); an empty answer scores 1.0.
-MAX_INVOICE_CER = 0.7
+# Measured 0.074 on this invoice when the shipped weights were exported (7 edits in 94 characters: two digits
+# of the number, "Water" read as "Butter", one digit of the total: docs/nano.md); the previous weights, which
+# wrote an invoice's shape without reading it, scored 0.48; an empty answer scores 1.0.
+MAX_INVOICE_CER = 0.15
 
 pytestmark = pytest.mark.skipif(hub.builtin_model("kvl-nano") is None, reason="kvl-nano weights not in this tree")
 
