@@ -259,6 +259,7 @@ class _Batches:
     def __init__(self, sources: list[list[_Doc]], weights: list[float], batch: int, seed: int):
         self.sources, self.weights, self.batch, self.seed = sources, weights, batch, seed
         self.cursor = [0] * len(sources)
+        self._orders: dict[tuple[int, int], list[int]] = {}
 
     def take(self, step: int) -> list[_Doc]:
         if len(self.sources) == 1:
@@ -271,7 +272,9 @@ class _Batches:
         for s in rng.choices(range(len(self.sources)), weights=self.weights, k=self.batch):
             docs = self.sources[s]
             epoch, k = divmod(self.cursor[s], len(docs))
-            out.append(docs[_order(len(docs), self.seed, epoch, s + 1)[k]])
+            if (s, epoch) not in self._orders:
+                self._orders[(s, epoch)] = _order(len(docs), self.seed, epoch, s + 1)
+            out.append(docs[self._orders[(s, epoch)][k]])
             self.cursor[s] += 1
         return out
 
