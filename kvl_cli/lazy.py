@@ -121,6 +121,11 @@ class LazyGroup(TyperGroup):
         self.commands[cmd_name] = cmd
         return cmd
 
+    def parse_args(self, ctx: _click.Context, args: list[str]) -> list[str]:
+        if not args or any(a in ctx.help_option_names for a in args):  # help on its way, at whatever level
+            import_help_renderer()
+        return super().parse_args(ctx, args)
+
     def format_help(self, ctx: _click.Context, formatter: _click.HelpFormatter) -> None:
         self._listing = True
         try:
@@ -144,3 +149,72 @@ def add_source(app: typer.Typer, source: Callable[[set[str]], list[Verb]]) -> No
     """Make `app` build its click group as a LazyGroup that also lists the verbs from `source`."""
     base = app.info.cls if isinstance(app.info.cls, type) and issubclass(app.info.cls, LazyGroup) else LazyGroup
     app.info.cls = type(base.__name__, (base,), {"sources": (*base.sources, source)})
+
+
+# typer's help renderer (typer.rich_utils) imports rich.markdown (markdown-it, pygments) and rich.traceback at
+# its top, ~65 ms of `kvl --help`, for markdown-mode help and pretty tracebacks: kvl uses neither (rich markup,
+# pretty_exceptions_enable=False). These modules stand in for them while rich_utils is imported.
+_HEAVY_HELP_MODULES = {"rich.markdown": "Markdown", "rich.traceback": "Traceback"}
+
+
+class _Deferred(type):
+    """The metaclass of a stand-in class: any use (a call, an attribute, isinstance) imports the real class."""
+
+    def _real(cls):
+        import importlib
+
+        return getattr(importlib.import_module(cls._module), cls.__name__)
+
+    def __call__(cls, *args, **kwargs):
+        return cls._real()(*args, **kwargs)
+
+    def __getattr__(cls, name):
+        return getattr(cls._real(), name)
+
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, cls._real())
+
+
+def import_help_renderer() -> None:
+    """Import typer.rich_utils without rich.markdown and rich.traceback (see above); they load on first use."""
+    import sys
+    import types
+
+    if "typer.rich_utils" in sys.modules or any(name in sys.modules for name in _HEAVY_HELP_MODULES):
+        return
+    for name, cls in _HEAVY_HELP_MODULES.items():
+        stub = types.ModuleType(name)
+        setattr(stub, cls, _Deferred(cls, (), {"_module": name}))
+        sys.modules[name] = stub
+    try:
+        import typer.rich_utils  # noqa: F401
+    except ImportError:  # pragma: no cover -- typer without rich: plain help
+        pass
+    finally:
+        for name in _HEAVY_HELP_MODULES:  # whoever imports them next gets the real modules
+            if isinstance(sys.modules.get(name), types.ModuleType) and not hasattr(sys.modules[name], "__file__"):
+                del sys.modules[name]
+
+
+def cheap_help_flags() -> None:
+    """A help option that was not given reaches typer's coercion as None, and coercing builds a pydantic adapter:
+    importing pydantic (~50 ms) on every run and every `kvl VERB --help`, only to return None. A help flag is
+    True or absent, so its coercion passes the value through (typer's own pass-through, exact for both)."""
+    try:
+        from typer._click.core import Command
+        from typer._coercion import PassThroughRuntimeParam
+    except ImportError:  # pragma: no cover -- other typer versions: nothing to do
+        return
+    original = Command.get_help_option
+    if getattr(original, "_kvl_cheap", False):
+        return
+
+    def get_help_option(self, ctx):
+        opt = original(self, ctx)
+        if opt is not None and getattr(opt, "_runtime_param", False) is None:
+            opt._runtime_param = PassThroughRuntimeParam(parameter_info=opt.type_descriptor.parameter_info,
+                                                         annotation=bool)
+        return opt
+
+    get_help_option._kvl_cheap = True
+    Command.get_help_option = get_help_option

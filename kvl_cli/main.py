@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from kvl_cli.output import err_console, print_error
-from kvl_cli.lazy import SUMMARIES, Verb, add_source, import_object
+from kvl_cli.lazy import SUMMARIES, Verb, add_source, cheap_help_flags, import_object
 from kvl_cli.registry import add_lazy_tasks, env_flag
 from kvl_core.errors import KvlError
 
@@ -85,6 +85,7 @@ def _static_verbs(taken: set[str]) -> list[Verb]:
             for name, target in STATIC.items() if name not in taken]
 
 
+cheap_help_flags()
 app = make_app()
 add_lazy_tasks(app)
 

@@ -34,10 +34,15 @@ def _imported_by(*argv: str) -> set[str]:
     return set(json.loads(line[len("MODULES"):]))
 
 
+# what typer's help would import for features kvl's help does not use (kvl_cli/lazy.py says why)
+UNUSED_BY_HELP = {"pydantic", "rich.markdown", "rich.traceback", "pygments", "markdown_it"}
+
+
 def test_help_imports_no_verb():
     mods = _imported_by("--help")
     assert not mods & (TASK_MODULES | COMMAND_MODULES)
     assert "torch" not in mods and "numpy" not in mods
+    assert not mods & UNUSED_BY_HELP
 
 
 def test_a_verb_imports_itself_only():
@@ -45,6 +50,34 @@ def test_a_verb_imports_itself_only():
     assert "kvl_tasks.video" in mods
     assert not mods & (TASK_MODULES - {"kvl_tasks.video"} | COMMAND_MODULES)
     assert "av" not in mods and "cv2" not in mods and "numpy" not in mods  # the video task imports them to run
+    assert not mods & UNUSED_BY_HELP
+
+
+def test_deferred_help_modules_still_work():
+    code = ("import io, contextlib\n"
+            "from kvl_cli.main import app, run\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    run(app, ['--help'])\n"
+            "import typer.rich_utils as r\n"
+            "from rich.markdown import Markdown\n"
+            "from rich.traceback import Traceback\n"
+            "assert r.Markdown is not Markdown  # typer holds the stand-in, later importers the real class\n"
+            "md = r.Markdown('**x**')\n"
+            "assert isinstance(md, Markdown) and isinstance(md, r.Markdown)\n"
+            "assert r.Traceback.from_exception == Traceback.from_exception\n"
+            "print('ok')\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=kvl_env(KVL_DISABLE_PLUGINS="1"), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_usage_errors_still_coerce(capsys):
+    # the help flag's pass-through coercion must leave every other option's checks alone
+    assert run(make_app(), ["--help"]) == 0
+    from kvl_cli.main import app
+
+    assert run(app, ["video", "scenes", "--width", "5", "x.mp4"]) == 2
+    assert "--width" in strip_ansi(capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("target", sorted(lazy.SUMMARIES))
