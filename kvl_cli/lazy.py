@@ -5,6 +5,9 @@ kvl's verbs that cost more than the rest of start-up together, for a process tha
 group knows each verb as a `Verb`: a name, how to load it, and (for kvl's own verbs) the one-line summary that
 `kvl --help` shows, so that listing the verbs imports none of them. Running `kvl video ...` loads and builds
 `video` alone. A verb without a summary (a third-party plugin) is loaded to be listed, as before.
+
+Two more start-up costs of typer's are avoided here, for help screens: its renderer's imports of rich.markdown
+and rich.traceback (`import_help_renderer`) and pydantic for a help flag that was not given (`cheap_help_flags`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any, Callable, ClassVar, Optional
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-try:  # typer >= 0.20 carries its own copy of click
+try:  # recent typer carries its own copy of click
     from typer import _click
 except ImportError:  # pragma: no cover -- older typer
     import click as _click
