@@ -1,8 +1,10 @@
 """`kvl`: assembles the typer app and turns every failure into one line on stderr.
 
-Static verbs are imported here; task verbs come from the `kvl.tasks` entry points (kvl_cli/registry.py),
-built-in and third-party alike. Nothing imported at module level may pull in torch or an optional
-extra: `kvl --help` has to stay instant and work on a machine without a display.
+Static verbs are kvl_cli/commands; task verbs come from the `kvl.tasks` entry points (kvl_cli/registry.py),
+built-in and third-party alike. Both are imported only when they run (kvl_cli/lazy.py): a process runs one
+verb, and building every verb's typer command cost more than the rest of start-up. Nothing imported at
+module level may pull in torch or an optional extra: `kvl --help` has to stay instant and work on a machine
+without a display.
 """
 
 from __future__ import annotations
@@ -14,14 +16,19 @@ from typing import Annotated
 
 import typer
 
-from kvl_cli.commands.chat import chat
-from kvl_cli.commands.info import info
-from kvl_cli.commands.serve import serve
-from kvl_cli.commands.models import models
-from kvl_cli.commands.train import train
 from kvl_cli.output import err_console, print_error
-from kvl_cli.registry import add_tasks, env_flag
+from kvl_cli.lazy import SUMMARIES, Verb, add_source, cheap_help_flags, import_object
+from kvl_cli.registry import add_lazy_tasks, env_flag
 from kvl_core.errors import KvlError
+
+# name -> the function, in the order `kvl --help` lists them
+STATIC = {
+    "info": "kvl_cli.commands.info:info",
+    "models": "kvl_cli.commands.models:models",
+    "chat": "kvl_cli.commands.chat:chat",
+    "train": "kvl_cli.commands.train:train",
+    "serve": "kvl_cli.commands.serve:serve",
+}
 
 HELP = """\
 Kimi-VL end to end: run the model on images, video and PDFs, train it and evaluate it.
@@ -68,16 +75,19 @@ def make_app() -> typer.Typer:
         context_settings={"help_option_names": ["-h", "--help"]},
     )
     app.callback()(_root)
-    app.command("info")(info)
-    app.command("models")(models)
-    app.command("chat")(chat)
-    app.command("train")(train)
-    app.command("serve")(serve)
+    add_source(app, _static_verbs)
     return app
 
 
+def _static_verbs(taken: set[str]) -> list[Verb]:
+    # kvl's own: a failure to load is kvl's bug, so it raises (and run() makes it one line)
+    return [Verb(name, target, lambda target=target: import_object(target), SUMMARIES.get(target))
+            for name, target in STATIC.items() if name not in taken]
+
+
+cheap_help_flags()
 app = make_app()
-add_tasks(app)
+add_lazy_tasks(app)
 
 
 def _fail(e: BaseException, msg: str) -> int:

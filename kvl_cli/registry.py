@@ -3,8 +3,11 @@
 Groups: `kvl.tasks` (CLI verbs), later `kvl.benchmarks` and `kvl.executors`. kvl's own built-ins are
 declared in our pyproject under the same groups and load through the same path as third-party plugins;
 they are told apart only by their distribution being `kvl`, which is what `KVL_DISABLE_PLUGINS=1`
-keeps. Loading imports the plugin's module, so plugin modules must import heavy libraries (torch,
-decord, pymupdf, pyautogui, ...) inside their functions: `kvl --help` loads every task.
+keeps. `kvl` itself loads task verbs lazily (`add_lazy_tasks`, kvl_cli/lazy.py): a run imports the verb it
+runs, and `kvl --help` lists kvl's own verbs from their summaries but loads every third-party plugin (it has
+no other way to learn their help, and that is where a broken plugin is reported). Loading imports the
+plugin's module, so plugin modules must import heavy libraries (torch, decord, pymupdf, pyautogui, ...)
+inside their functions.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import typer
 
+from kvl_cli.lazy import SUMMARIES, LazyGroup, Verb, add_source
 from kvl_cli.output import err_console, print_warning
 
 BUILTIN_DIST = "kvl"
@@ -88,11 +92,52 @@ def load_group(group: str, reserved: Iterable[str] = ()) -> dict[str, Any]:
 def _command_names(app: typer.Typer) -> set[str]:
     names = {c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands if c.callback}
     names |= {g.name or g.typer_instance.info.name for g in app.registered_groups}
+    cls = app.info.cls
+    if isinstance(cls, type) and issubclass(cls, LazyGroup):  # the lazy verbs app already has (static ones)
+        taken: set[str] = set()
+        for source in cls.sources:
+            taken |= {v.name for v in source(names | taken)}
+        names |= taken
     return {n for n in names if isinstance(n, str)}
 
 
+def task_verbs(taken: set[str]) -> list[Verb]:
+    """`kvl.tasks` entry points as verbs, none of them loaded: the first of each name (built-ins first, see
+    iter_group), none that `taken` (static verbs) already has. A clash warns here, on every run, as loading
+    everything used to; a plugin that fails to load warns when it is loaded."""
+    verbs: dict[str, Verb] = {}
+    for ep in iter_group(TASKS):
+        if ep.name in taken or ep.name in verbs:
+            _warn_once(f"plugin '{ep.name}' ({_dist_name(ep)}, {ep.value}) ignored: the name '{ep.name}' is "
+                       f"already a kvl verb")
+            continue
+        summary = SUMMARIES.get(ep.value) if is_builtin(ep) else None
+        verbs[ep.name] = Verb(ep.name, ep.value, ep.load, summary, on_error=_load_failed(ep))
+    return list(verbs.values())
+
+
+def _load_failed(ep: EntryPoint):
+    def report(name: str, e: BaseException, stage: str) -> None:
+        if stage == "load":
+            _warn_once(f"plugin '{name}' ({_dist_name(ep)}, {ep.value}) failed to load and was skipped: "
+                       f"{type(e).__name__}: {e}")
+        else:
+            _warn_once(f"plugin '{name}' skipped: its command cannot be built ({type(e).__name__}: {e})")
+        if env_flag("KVL_DEBUG"):
+            err_console.print(traceback.format_exc(), markup=False, highlight=False, style="dim")
+
+    return report
+
+
+def add_lazy_tasks(app: typer.Typer) -> None:
+    """List every `kvl.tasks` entry point among `app`'s verbs, each loaded only when it runs (kvl_cli/lazy.py)."""
+    add_source(app, task_verbs)
+
+
 def add_tasks(app: typer.Typer) -> None:
-    """Add every `kvl.tasks` entry point to `app`: a Typer becomes a group, a function a command."""
+    """Add every `kvl.tasks` entry point to `app` now: a Typer becomes a group, a function a command.
+
+    For a caller that wants the whole typer tree at once; `kvl` itself uses add_lazy_tasks."""
     for name, obj in load_group(TASKS, reserved=_command_names(app)).items():
         if not isinstance(obj, typer.Typer) and not callable(obj):
             _warn_once(f"plugin '{name}' skipped: expected a typer.Typer or a function, got {type(obj).__name__}")

@@ -99,7 +99,6 @@ def scenes_command(
     from kvl_cli.output import err_console, print_warning, progress
     from kvl_core.backend import load_engine, resolve_backend
     from kvl_core.errors import KvlError
-    from kvl_core.hub import configured_model_spec
 
     from . import export
     from .decode import probe
@@ -111,6 +110,8 @@ def scenes_command(
     t_end = parse_time(end, "--end") if end is not None else None
     remote = resolve_backend(model_backend, base_url) == "openai"
     if describe is None:
+        from kvl_core.hub import configured_model_spec
+
         describe = mode is Mode.model or remote or configured_model_spec(model) is not None
     if mode is Mode.model and not describe:
         raise KvlError("--mode model asks the model to split the video: it cannot be combined with --no-describe")

@@ -18,12 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
-from PIL import Image
 
 from kvl_core.errors import KvlError
+
+if TYPE_CHECKING:  # PIL is for keyframes only: a scan does not import it
+    from PIL import Image
 
 MAX_SIDE = 16384  # beyond 16K a frame is not a video we can be asked to look at (and would need GBs per frame)
 DETECT_WIDTH = 256  # PySceneDetect's automatic downscale target width (tasks.md §2.1)
@@ -174,6 +176,8 @@ def display_size(info: VideoInfo) -> tuple[int, int]:
 
 def upright(img: Image.Image, rotation: int) -> Image.Image:
     """A decoded frame turned as the display matrix says."""
+    from PIL import Image
+
     turns = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
     return img.transpose(turns[rotation]) if rotation in turns else img
 
@@ -243,6 +247,8 @@ def iter_grab(info: VideoInfo, times: Sequence[float], backend: str = "auto",
 
 
 def _grab(info: VideoInfo, i: int, rgb: np.ndarray, max_side: int | None) -> Grab:
+    from PIL import Image
+
     img = upright(Image.fromarray(rgb), info.rotation)
     if max_side and max(img.size) > max_side:
         img.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)

@@ -334,34 +334,42 @@ def dissolve_spans(s: Scores, threshold: float = DEFAULTS["threshold"]) -> list[
         if n < 2 * k + 1:
             break
         c = np.arange(k, n - k)
+        m = max(2, k // 2)
+        # Every test below is per window, so each one runs only on the windows the tests before it kept: the
+        # per-frame ones first, the thumbnail-sized ones after (a scan's worth of 1.7 KB rows per test and k
+        # was most of the time kvl spent after decoding).
+        # A mix the video's end (or start) cuts off is not a dissolve: the other picture never shows in full.
+        ok = (s.intensity[c - k] >= threshold) & (s.intensity[c + k] >= threshold)
+        ok &= (c - k - m >= 0) & (c + k + m <= n - 1)
+        ok &= np.maximum(spread[c - k], spread[c + k]) >= TEXTURED
+        c = c[ok]
+        # two different pictures: a fade or a lighting change mixes a picture with black, so its ends correlate
+        # (two blank ends, plain colours, cannot tell: no call; a blank page dissolving into a picture can)
+        c = c[(luma[c - k] * luma[c + k]).sum(1) < DISSOLVE_SAME]
         A, B = t[c - k], t[c + k]
         D = B - A
         change = np.abs(D).mean(1)
-        ok = (change >= DISSOLVE_MIN) & (s.intensity[c - k] >= threshold) & (s.intensity[c + k] >= threshold)
-        # two different pictures: a fade or a lighting change mixes a picture with black, so its ends correlate
-        # (two blank ends, plain colours, cannot tell: no call; a blank page dissolving into a picture can)
-        ok &= ((luma[c - k] * luma[c + k]).sum(1) < DISSOLVE_SAME) & (np.maximum(spread[c - k], spread[c + k]) >= TEXTURED)
+        ok = change >= DISSOLVE_MIN
+        c, A, B, D, change = c[ok], A[ok], B[ok], D[ok], change[ok]
         # a fade towards black: the darker end is the brighter one times a gain, almost exactly (a dissolve
         # into a dark picture leaves 0.2 or more of the change unexplained; fades ~0.05)
-        bright = np.where((s.intensity[c - k] >= s.intensity[c + k])[:, None], A, B)
-        dark_end = np.where((s.intensity[c - k] >= s.intensity[c + k])[:, None], B, A)
+        first_brighter = (s.intensity[c - k] >= s.intensity[c + k])[:, None]
+        bright, dark_end = np.where(first_brighter, A, B), np.where(first_brighter, B, A)
         gain = (bright * dark_end).sum(1) / np.maximum((bright * bright).sum(1), 1e-6)
-        ok &= np.linalg.norm(dark_end - gain[:, None] * bright, axis=1) >= DISSOLVE_GAIN * np.sqrt((D * D).sum(1))
         den = np.maximum((D * D).sum(1), 1e-6)
+        ok = np.linalg.norm(dark_end - gain[:, None] * bright, axis=1) >= DISSOLVE_GAIN * np.sqrt((D * D).sum(1))
+        c, A, D, change, den = c[ok], A[ok], D[ok], change[ok], den[ok]
         worst = np.zeros(len(c), np.float32)
         residual = DISSOLVE_RESIDUAL[0] + DISSOLVE_RESIDUAL[1] * k
         for q in sorted({-(k // 2), -(k // 4), 0, k // 4, k // 2}):
-            if not ok.any():
-                break
             X = t[c + q] - A
             alpha = (X * D).sum(1) / den
             resid = np.abs(X - alpha[:, None] * D).mean(1) / np.maximum(change, 1e-6)
-            ok &= (np.abs(alpha - (0.5 + q / (2 * k))) <= DISSOLVE_ALPHA) & (resid <= residual)
+            ok = (np.abs(alpha - (0.5 + q / (2 * k))) <= DISSOLVE_ALPHA) & (resid <= residual)
             worst = np.maximum(worst, resid)
-        # beyond the ends the mix stays put; a mix the video's end (or start) cuts off is not a dissolve:
-        # the other picture never shows in full
-        m = max(2, k // 2)
-        ok &= (c - k - m >= 0) & (c + k + m <= n - 1)
+            c, A, D, change, den, worst = c[ok], A[ok], D[ok], change[ok], den[ok], worst[ok]
+        # beyond the ends the mix stays put
+        ok = np.ones(len(c), bool)
         for q, want in ((-k - m, 0.0), (k + m, 1.0)):
             alpha = ((t[np.clip(c + q, 0, n - 1)] - A) * D).sum(1) / den
             ok &= np.abs(alpha - want) <= 2 * DISSOLVE_ALPHA

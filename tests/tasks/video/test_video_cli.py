@@ -140,3 +140,29 @@ def test_installed_console_script(vids):
     proc = run_kvl("video", "scenes", str(vids["cuts"][0].with_name("nothing-here.mp4")), "--no-describe")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: {vids['cuts'][0].with_name('nothing-here.mp4')}: no such file"]
+
+
+def test_a_scan_imports_only_what_it_uses(vids, tmp_path):
+    """A real `kvl video scenes FILE --no-describe -q` (a fresh process, through main()) imports no other task,
+    no static verb, no torch and no Pillow: start-up is part of the whole command's time (#19)."""
+    import subprocess
+    import sys
+
+    from cli.helpers import kvl_env
+
+    out = tmp_path / "s.csv"
+    code = ("import atexit, json, sys\n"
+            "atexit.register(lambda: sys.__stderr__.write('MODULES' + json.dumps(sorted(sys.modules)) + '\\n'))\n"
+            f"sys.argv = ['kvl', 'video', 'scenes', {str(vids['cuts'][0])!r}, '--no-describe', '-q', '-o', "
+            f"{str(out)!r}]\n"
+            "from kvl_cli.main import main\n"
+            "main()\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=kvl_env(KVL_DISABLE_PLUGINS="1",
+                          KVL_CONFIG="/nonexistent/kvl-config.toml"), capture_output=True, text=True, timeout=240)
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("MODULES"))
+    mods = set(json.loads(line[len("MODULES"):]))
+    assert out.exists() and "kvl_tasks.video.scan" in mods  # it did scan
+    others = {m for m in mods if m.startswith(("kvl_tasks.", "kvl_cli.commands"))} - {
+        m for m in mods if m.startswith("kvl_tasks.video")}
+    assert others == set()
+    assert not mods & {"torch", "PIL", "PIL.Image", "transformers", "kvl_core.model"}
