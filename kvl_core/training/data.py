@@ -81,6 +81,14 @@ ROW_MULTIPLE = 128  # packed rows are as wide as their longest content, rounded 
 
 # ---- sources and samples --------------------------------------------------------------------------
 
+def split_weight(spec: str) -> tuple[str, float]:
+    """`PATH[:WEIGHT]` -> (path, weight); a colon not followed by a number stays in the path."""
+    head, _, tail = spec.rpartition(":")
+    if head and tail.replace(".", "", 1).isdigit():
+        return head, float(tail)
+    return spec, 1.0
+
+
 @dataclass
 class Source:
     """One JSONL file. `weight` is its share within its mixture group; `tags` name groups (the tag

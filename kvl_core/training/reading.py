@@ -241,14 +241,9 @@ def _order(n: int, seed: int, epoch: int, source: int = 0) -> list[int]:
 
 def _sources(data: str | list[str]) -> list[tuple[str, float]]:
     """`PATH[:WEIGHT]` specs (the trainer's syntax) -> [(path, weight)]."""
-    out = []
-    for spec in [data] if isinstance(data, str) else data:
-        head, _, tail = spec.rpartition(":")
-        if head and tail.replace(".", "", 1).isdigit():
-            out.append((head, float(tail)))
-        else:
-            out.append((spec, 1.0))
-    return out
+    from kvl_core.training.data import split_weight
+
+    return [split_weight(spec) for spec in ([data] if isinstance(data, str) else data)]
 
 
 class _Batches:

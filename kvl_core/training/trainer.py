@@ -364,15 +364,12 @@ class Trainer:
 
     def _sources(self, specs: list[str]):
         """`[TAG=]PATH[:WEIGHT]`: the tag names a mixture group (e.g. `long=` for longctx)."""
-        from kvl_core.training.data import Source
+        from kvl_core.training.data import Source, split_weight
 
         sources = []
         for spec in specs:
             tag, _, rest = spec.partition("=") if "=" in spec else ("", "", spec)
-            path, weight = rest, 1.0
-            head, _, tail = rest.rpartition(":")
-            if head and tail.replace(".", "", 1).isdigit():
-                path, weight = head, float(tail)
+            path, weight = split_weight(rest)
             sources.append(Source(path, weight=weight, name=tag or None, tags=(tag,) if tag else ()))
         return sources
 
