@@ -76,6 +76,11 @@ def text_width(font, text: str) -> float:
     return font.getlength(text)
 
 
+def char_centres(font, text: str, x0: float) -> list[float]:
+    """x of the middle of every character's advance, for `text` drawn from x0 (the reading targets)."""
+    return [x0 + (font.getlength(text[:i]) + font.getlength(text[: i + 1])) / 2 for i in range(len(text))]
+
+
 def wrap_words(words: Sequence[str], font, width: float) -> list[str]:
     """Greedy word wrap; a single over-long word gets a line of its own."""
     lines: list[str] = []

@@ -137,7 +137,7 @@ def _train_item(kind: str, seed: int, index: int, cfg: SynthConfig) -> tuple[lis
             {"role": "user", "content": [{"type": "image", "image": "{image}"}, {"type": "text", "text": ocr_prompt()}]},
             {"role": "assistant", "content": plan.markdown}], "layout": plan.layout,
             # where every character was drawn: the targets of the dense reading stages (training/reading.py)
-            "glyphs": [[g.char, round(g.x, 1), round(g.y, 1), int(g.bold)] for g in glyphs(plan, drawn["angle"])]}
+            "glyphs": _glyph_rows(glyphs(plan, drawn["angle"]))}
         return [rec], _png(img)
     if kind in ("ground", "screen"):
         rng, plan, _ = _plan_screen("train", kind, seed, index, cfg.screen)
@@ -150,8 +150,7 @@ def _train_item(kind: str, seed: int, index: int, cfg: SynthConfig) -> tuple[lis
                                              {"type": "text", "text": gui_user_text(t.instruction)}]},
                 {"role": "assistant", "content": ground_truth_answer(t, plan.size)}], "target": t.kind})
         if kind == "screen":
-            marks = [[g.char, round(g.x, 1), round(g.y, 1), int(g.bold)] for g in screen_glyphs(plan)]
-            recs = [{**r, "glyphs": marks} for r in recs]
+            recs = [{**r, "glyphs": _glyph_rows(screen_glyphs(plan))} for r in recs]
         return recs, _png(img)
     if kind == "caption":
         rng = _rng("train", kind, seed, index, 0)
@@ -166,6 +165,11 @@ def _train_item(kind: str, seed: int, index: int, cfg: SynthConfig) -> tuple[lis
             img, cap = CAP.render_shapes(rng)
         return [{"image": "{image}", "caption": cap, "source": source}], _png(img)
     raise ValueError(f"unknown synthetic data kind {kind!r} (one of {', '.join(TRAIN_KINDS)})")
+
+
+def _glyph_rows(gl) -> list[list]:
+    """Glyphs as compact JSON rows [char, x, y, bold] (read back by training/reading.py)."""
+    return [[g.char, round(g.x, 1), round(g.y, 1), int(g.bold)] for g in gl]
 
 
 def _per_item(kind: str, cfg: SynthConfig) -> int:

@@ -427,8 +427,7 @@ def glyphs(plan: DocPlan, angle: float = 0.0) -> list[Glyph]:
             ty = line.y + (line.height - line.size * 1.2) / 2
             _, y0, _, y1 = font.getbbox("x")
             cy = ty + (y0 + y1) / 2
-            pts = [(x + (font.getlength(run.text[:i]) + font.getlength(run.text[: i + 1])) / 2, cy)
-                   for i in range(len(run.text))]
+            pts = [(cx, cy) for cx in C.char_centres(font, run.text, x)]
             pts = C.rotate_points(pts, angle, plan.size)
             out += [Glyph(ch, px, py, line.size, run.bold) for ch, (px, py) in zip(run.text, pts)]
     return out

@@ -452,8 +452,7 @@ def _text_glyphs(text: str, font, xy: tuple[float, float], anchor: str, bold: bo
     x0 = {"l": x, "m": x - width / 2, "r": x - width}[anchor[0]]
     _, b0, _, b1 = font.getbbox("x", anchor="lm")  # the x-height band, relative to the middle anchor
     cy = y + (b0 + b1) / 2
-    return [Glyph(ch, x0 + (font.getlength(text[:i]) + font.getlength(text[: i + 1])) / 2, cy, size, bold)
-            for i, ch in enumerate(text)]
+    return [Glyph(ch, cx, cy, size, bold) for ch, cx in zip(text, C.char_centres(font, text, x0))]
 
 
 def glyphs(plan: ScreenPlan) -> list[Glyph]:

@@ -6,7 +6,8 @@ stages to run in order, each starting from the previous stage's `final/` checkpo
     vit (CoCa: ViT + caption decoder) -> align (LLM frozen) -> pretrain (joint) -> sft (answers only)
 
 or, for a model learning to read from scratch, the reading stages of training/reading.py first
-(read-vit: dense glyph labels; read-lm: the LM on oracle visual tokens; read-joint) and then sft.
+(read-vit: dense glyph labels; read-lm: the LM on oracle visual tokens; read-joint), which nano ends
+with (its last stage is read-joint on screens and pages).
 `nano` is the recipe of the built-in kvl-nano model. Everything is seeded: the same seed regenerates
 byte-identical data and, on the same hardware and torch build, the same weights. A run folder holds
 
@@ -111,7 +112,7 @@ def nano() -> Recipe:
             StageRun("read-joint", steps=400, data=["screen", "ocr"], lr=1e-3, lr_vision=5e-4, batch=4,
                      name="read-joint-screens"),
         ],
-        notes="read-vit -> read-lm -> read-joint -> sft on generated documents (glyph positions) and screens",
+        notes="read-vit -> read-lm -> read-joint on generated documents, then read-joint on screens and documents",
     )
 
 
