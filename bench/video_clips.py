@@ -98,6 +98,18 @@ CLIPS = {
         ("slide", 100, (0, 0, 2667, 1500), (700, 400, 1900, 1075), 3),
         ("phone1", 80, (0, 300, 270, 452), (0, 100, 270, 252), 2),
     ], joins=[("dissolve", 28), "cut", "cut", ("dissolve", 14), "cut", ("fade", 6, 3)], flashes=[(4, 40)]),
+    # what heldout_g_1080p showed kvl missing, as tuning material (its own pictures stay held out): a long
+    # dissolve between two mostly white pages under a moving camera, fades that dim without reaching black
+    "tune_h_720p": dict(size=(1280, 720), fps=30, shots=[
+        ("paper", 100, (0, 0, 1700, 956), (0, 400, 1700, 1356), 4),
+        ("web2", 100, (0, 0, 1280, 720), (1200, 200, 2480, 920), 3),
+        ("film_d", 90, (0, 0, 1280, 720), (200, 100, 1000, 550), 3),
+        ("slide", 90, (0, 0, 1333, 750), (1300, 700, 2633, 1450), 3),
+        ("film_a", 90, (0, 0, 1280, 544), (200, 0, 1100, 506), 3),
+        ("phone1", 80, (0, 100, 270, 252), (0, 400, 270, 552), 3),
+        ("paper_photo", 90, (0, 0, 1536, 864), (300, 300, 1236, 826), 3),
+    ], joins=[("dissolve", 30), ("fade", 8, 0), "cut", ("dissolve", 24), ("fade", 6, 0), ("dissolve", 26)],
+        flashes=[(2, 40)]),
     # ---- held out: written after the settings were fixed, from pictures the tuning never saw (PDF pages,
     # other film frames), other transition lengths (9, 15, 22, 30) and more sensor noise; only measured
     # like issue #19's clip 1: a long pan, then the last cut 100 frames before the end
@@ -128,6 +140,18 @@ CLIPS = {
         ("film_i", 80, (0, 0, 1280, 544), None, 4),
     ], joins=[("dissolve", 9), "cut", "cut", ("dissolve", 30), ("fade", 7, 0), ("dissolve", 22)],
         flashes=[(1, 35), (6, 40)]),
+    # written with tune_h's settings fixed, never tuned on: long dissolves under moving cameras, fades that do
+    # not reach black (one slow, one quick), a cut between two white pages, a flash
+    "heldout_i_720p": dict(size=(1280, 720), fps=25, shots=[
+        ("film_h", 90, (0, 0, 1280, 720), (240, 120, 1040, 570), 4),
+        ("lincoln", 90, (0, 200, 1700, 1156), (0, 700, 1700, 1656), 4),
+        ("redbook", 80, (0, 0, 1700, 956), (300, 400, 1300, 962), 4),
+        ("film_l", 90, (0, 0, 480, 270), (40, 20, 440, 245), 3),
+        ("calculus", 80, (0, 100, 1700, 1056), (0, 800, 1700, 1756), 4),
+        ("notes", 90, (0, 0, 1700, 956), (0, 500, 1700, 1456), 4),
+        ("film_j", 90, (0, 0, 1280, 544), (160, 0, 1120, 540), 3),
+    ], joins=[("dissolve", 24), ("fade", 12, 0), ("dissolve", 28), ("fade", 5, 0), "cut", ("dissolve", 18)],
+        flashes=[(3, 45)]),
 }
 
 

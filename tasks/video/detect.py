@@ -252,7 +252,12 @@ DISSOLVE_ALPHA = 0.15  # each sampled frame's mix weight within this of a straig
 # Dissolves of still shots leave 0.01-0.05, of moving shots up to 0.16 over long windows; zooms and pans leave
 # 0.15-0.2 over short windows and more over long ones (the motion adds up).
 DISSOLVE_RESIDUAL = (0.06, 0.008)
+# a long dissolve between moving shots (half-length MOVING_K or more): what the mix may leave unexplained,
+# how far the ramp may miss a straight line, and how far from 0 and 1 the mix must stay beyond its ends
+MOVING_K, MOVING_RESIDUAL, MOVING_ALPHA, MOVING_SETTLED = 8, 0.3, 0.08, 0.1
 SETTLED = 0.03  # a frame weighing less than this of either picture is outside the dissolve
+DIP_RAMP = 3  # a fade that dims without reaching black: at least this many frames dimming, and brightening
+DIP_SHARE = 0.35  # its dimmest frame at most this share of the brightness on either side
 
 
 @dataclass(frozen=True)
@@ -329,7 +334,7 @@ def dissolve_spans(s: Scores, threshold: float = DEFAULTS["threshold"]) -> list[
     luma -= luma.mean(1, keepdims=True)
     spread = np.sqrt((luma * luma).mean(1))
     luma /= np.maximum(spread[:, None] * np.sqrt(luma.shape[1]), 1e-6)
-    found = []  # (c, k, badness)
+    found = []  # (c, k, badness, moving)
     for k in DISSOLVE_HALVES:
         if n < 2 * k + 1:
             break
@@ -360,24 +365,35 @@ def dissolve_spans(s: Scores, threshold: float = DEFAULTS["threshold"]) -> list[
         ok = np.linalg.norm(dark_end - gain[:, None] * bright, axis=1) >= DISSOLVE_GAIN * np.sqrt((D * D).sum(1))
         c, A, D, change, den = c[ok], A[ok], D[ok], change[ok], den[ok]
         worst = np.zeros(len(c), np.float32)
+        off = np.zeros(len(c), np.float32)  # the largest miss of the straight ramp
         residual = DISSOLVE_RESIDUAL[0] + DISSOLVE_RESIDUAL[1] * k
         for q in sorted({-(k // 2), -(k // 4), 0, k // 4, k // 2}):
             X = t[c + q] - A
             alpha = (X * D).sum(1) / den
             resid = np.abs(X - alpha[:, None] * D).mean(1) / np.maximum(change, 1e-6)
-            ok = (np.abs(alpha - (0.5 + q / (2 * k))) <= DISSOLVE_ALPHA) & (resid <= residual)
-            worst = np.maximum(worst, resid)
-            c, A, D, change, den, worst = c[ok], A[ok], D[ok], change[ok], den[ok], worst[ok]
+            miss = np.abs(alpha - (0.5 + q / (2 * k)))
+            ok = (miss <= DISSOLVE_ALPHA) & (resid <= (MOVING_RESIDUAL if k >= MOVING_K else residual))
+            worst, off = np.maximum(worst, resid), np.maximum(off, miss)
+            c, A, D, change, den, worst, off = c[ok], A[ok], D[ok], change[ok], den[ok], worst[ok], off[ok]
         # beyond the ends the mix stays put
         ok = np.ones(len(c), bool)
-        for q, want in ((-k - m, 0.0), (k + m, 1.0)):
+        settled = np.ones(len(c), bool)
+        for q, want in ((-k - m, 0.0), (k + m, 1.0), (-k - 2 * m, 0.0), (k + 2 * m, 1.0)):
             alpha = ((t[np.clip(c + q, 0, n - 1)] - A) * D).sum(1) / den
-            ok &= np.abs(alpha - want) <= 2 * DISSOLVE_ALPHA
-        found += [(int(c[i]), k, float(worst[i])) for i in np.flatnonzero(ok)]
-    # overlapping windows are one dissolve: keep the longest (ties: the cleanest mix)
-    found.sort(key=lambda f: (-f[1], f[2]))
+            if abs(q) == k + m:
+                ok &= np.abs(alpha - want) <= 2 * DISSOLVE_ALPHA
+            settled &= np.abs(alpha - want) <= MOVING_SETTLED
+        # over a long window both shots' motion adds up, and the ends are no longer the pictures being mixed:
+        # such a mix may leave more unexplained if it ramps straighter and stays put twice as far beyond its
+        # ends, which a pan or a zoom, whose change goes on, does not
+        still = worst <= residual
+        ok &= still | ((off <= MOVING_ALPHA) & settled)
+        found += [(int(c[i]), k, float(worst[i]), not still[i]) for i in np.flatnonzero(ok)]
+    # overlapping windows are one dissolve: keep the longest (ties: the cleanest mix); a window that passed
+    # only as a moving mix counts only where no other window did (its looser fit reaches past the dissolve)
+    found.sort(key=lambda f: (f[3], -f[1], f[2]))
     kept: list[tuple[int, int]] = []
-    for c, k, _ in found:
+    for c, k, _, _ in found:
         if all(abs(c - c2) > k + k2 for c2, k2 in kept):
             kept.append((c, k))
     # windows that touch are one long (or uneven) dissolve
@@ -413,6 +429,43 @@ def dissolve_spans(s: Scores, threshold: float = DEFAULTS["threshold"]) -> list[
     return out
 
 
+def dip_fades(s: Scores, threshold: float = DEFAULTS["threshold"]) -> list[tuple[int, int, int]]:
+    """Fades that dim one picture and bring up another without reaching black (`fade_cuts` sees only dark
+    runs): the brightness falls steadily for DIP_RAMP frames or more to under DIP_SHARE of where it started,
+    then rises as steadily, and the pictures on the two sides differ (a light dimmed and raised over one
+    picture is no boundary). Returns (first, middle, last) positions; the middle is the first frame that
+    looks more like the second picture than the first (normalised luma ignores the gain)."""
+    if s.thumbs is None or len(s.intensity) < 2 * DIP_RAMP + 1:
+        return []
+    inten = s.intensity.astype(np.float64)
+    n = len(inten)
+    t = _thumbs(s)
+    luma = t.reshape(n, -1, 3).mean(-1)
+    luma -= luma.mean(1, keepdims=True)
+    luma /= np.maximum(np.linalg.norm(luma, axis=1, keepdims=True), 1e-6)
+    i = np.arange(1, n - 1)
+    minima = i[(inten[i] <= inten[i - 1]) & (inten[i] <= inten[i + 1]) & (inten[i] >= threshold)]
+    out: list[tuple[int, int, int]] = []
+    for m in minima:
+        if out and m <= out[-1][2]:
+            continue
+        # the two dimmest frames of such a fade belong to different pictures, each at the same small weight:
+        # the first step away from the bottom need only not be darker
+        a = m - 1 if inten[m - 1] >= inten[m] else m
+        while a > 0 and m - a < FADE_RAMP and inten[a - 1] > inten[a] * FADE_STEP:
+            a -= 1
+        b = m + 1 if inten[m + 1] >= inten[m] else m
+        while b < n - 1 and b - m < FADE_RAMP and inten[b + 1] > inten[b] * FADE_STEP:
+            b += 1
+        if m - a < DIP_RAMP or b - m < DIP_RAMP or inten[m] > DIP_SHARE * min(inten[a], inten[b]):
+            continue
+        if float(luma[a] @ luma[b]) >= DISSOLVE_SAME:
+            continue
+        mid = next((f for f in range(a + 1, b + 1) if luma[f] @ luma[b] > luma[f] @ luma[a]), m)
+        out.append((int(a) + 1, int(mid), int(b) - 1))  # the frames that are dimmed
+    return out
+
+
 def boundaries(s: Scores, detector: str = "adaptive", threshold: float | None = None,
                min_len: MinLength = MinLength(), fades: bool = True, fade_threshold: float = DEFAULTS["threshold"],
                fade_bias: float = 0.0, dissolves: bool = True, structure: bool = True) -> list[Boundary]:
@@ -435,6 +488,10 @@ def boundaries(s: Scores, detector: str = "adaptive", threshold: float | None = 
         hard = [p for p in hard if not is_flash(s, p, thumbs)]
         hard = _spaced(hard, s, min_len)
     spans = dissolve_spans(s, fade_threshold) if dissolves else []
+    dips = dip_fades(s, fade_threshold) if fades else []
+    # a dip's pictures change where both are dim: any cut or dissolve found inside it is the dip itself
+    spans = [sp for sp in spans if not any(sp[0] <= b + 1 and a - 1 <= sp[2] for a, _, b in dips)]
+    hard = [p for p in hard if not any(a - 1 <= p <= b + 1 for a, _, b in dips)]
     # the first frames of a dissolve out of a dark shot jump in hue (near-black pixels): such a "cut" inside
     # a dissolve's window is the dissolve itself
     hard = [p for p in hard if not any(a <= p <= b for a, _, b in spans)]
@@ -448,9 +505,10 @@ def boundaries(s: Scores, detector: str = "adaptive", threshold: float | None = 
     ramps = [_ramp(inten, f) for f in fade_list]
     hard = [p for p in hard if not any(a < p < f.out - 1 or f.back + 1 < p < b for (a, b), f in zip(ramps, fade_list))]
     out = _label(merge_cuts(hard, fade_list, s, min_len) if fades else hard, hard, fade_list)
-    for a, p, b in spans:
-        if all(min_len.ok(s, q.pos, p) if q.pos < p else min_len.ok(s, p, q.pos) for q in out):
-            out.append(Boundary(p, "dissolve", (a, b)))
+    for kind, found in (("fade", dips), ("dissolve", spans)):
+        for a, p, b in found:
+            if all(min_len.ok(s, q.pos, p) if q.pos < p else min_len.ok(s, p, q.pos) for q in out):
+                out.append(Boundary(p, kind, (a, b)))
     return sorted(out, key=lambda x: x.pos)
 
 

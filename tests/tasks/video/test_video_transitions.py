@@ -40,6 +40,13 @@ def gradual(tmp_path_factory) -> dict:
     ms = vfr_times_ms(len(frames))
     out["vfr"] = (write_video(d / "vfr.mp4", frames, pts_ms=ms), {"dissolve": dmid, "fade": fmid, "ms": ms})
     out["one_frame"] = (write_video(d / "one.mp4", a[:1], fps=25), {})
+    # a fade that dims to a seventh and brings up the next picture without a black frame (never dark)
+    frames, mid = fade_through_black(a, c, 6, 0)
+    out["dip"] = (write_video(d / "dip.mp4", frames, fps=25), {"mid": mid, "first": len(a) - 6, "last": len(a) + 5})
+    # the light dimmed and raised over one picture: no new scene
+    gain = np.r_[np.ones(24), np.linspace(1, 1 / 7, 7), np.linspace(1 / 7, 1, 7)[1:], np.ones(len(a) - 37)]
+    frames = [(f * g).round().astype(np.uint8) for f, g in zip(a, gain)]
+    out["dim_same"] = (write_video(d / "dim_same.mp4", frames, fps=25), {})
     return out
 
 
@@ -52,6 +59,22 @@ def test_dissolve_is_one_boundary_at_its_middle(gradual):
     assert abs(first - facts["first"]) <= 2 and abs(last - (facts["first"] + 15)) <= 2
     # PySceneDetect's detectors alone see no single frame standing out in a cross-fade
     assert find_scenes(path, compat=True).cuts == []
+
+
+def test_fade_that_never_reaches_black(gradual):
+    path, facts = gradual["dip"]
+    r = find_scenes(path)
+    assert r.cuts == [facts["mid"]]
+    assert r.scenes[1].kind == "fade"
+    first, last = r.spans[facts["mid"]]
+    assert abs(first - facts["first"]) <= 1 and abs(last - facts["last"]) <= 1
+    # PySceneDetect's threshold detector needs a dark frame: it sees no boundary here
+    assert find_scenes(path, "threshold").cuts == []
+
+
+def test_light_dimmed_over_one_picture_is_not_a_boundary(gradual):
+    path, _ = gradual["dim_same"]
+    assert find_scenes(path).cuts == []
 
 
 def test_a_flash_is_not_a_boundary(gradual):
