@@ -64,11 +64,10 @@ SMOKE_LIMITS = {"fixture": 240, "real": 240, "hf": 240, "train": 240, "nano": 30
 SMOKE_TOTAL_S = 1200
 PARTS = list(LIMITS)
 # docs/nano.md, kvl-nano as shipped (2-core CPU, lightly shared): images (or oracle samples) per second of
-# each stage (samples / stage wall time), held-out CER and click-in-box of the final model, minutes in all
+# each stage (samples / stage wall time), held-out CER of the final model, minutes in all
 NANO_CPU = {"images_per_s": {"read-vit": 11200 / 969.1, "read-lm-lines": 19200 / 1163.2, "read-lm": 4800 / 764.4,
-                             "read-joint-lines": 4800 / 668.2, "read-joint": 2800 / 916.6,
-                             "read-joint-screens": 1600 / 1112.2},
-            "cer": 34.1, "click": 5.0, "total_min": 97}
+                             "read-joint-lines": 4800 / 668.2, "read-joint": 5600 / 1566.6},
+            "cer": 20.1, "total_min": 89}
 
 
 # ---- bookkeeping ----------------------------------------------------------------------------------
@@ -538,9 +537,9 @@ def nano_results(run_dir: Path, rec: Recorder, scale) -> None:
     if ocr:
         rec.row("nano held-out OCR CER", ocr.get("cer"), "%", limit=NANO_CPU["cer"],
                 note="limit = the shipped CPU model's CER (docs/nano.md); lower is better")
-    if ground:
-        rec.row("nano held-out click-in-box", ground.get("accuracy"), "%", limit=NANO_CPU["click"],
-                note="limit = the shipped CPU model (docs/nano.md); higher is better")
+    if ground:  # the shipped model was not taught grounding (docs/nano.md): the click score has no reference
+        rec.row("nano held-out click-in-box", ground.get("accuracy"), "%",
+                note="random ~0.9%; the shipped CPU model was not taught grounding (docs/nano.md)")
 
 
 # ---- runner -------------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--png", type=Path, help="write the figure here")
     args = ap.parse_args()
 
+    if not (args.run / "recipe.json").is_file():
+        raise SystemExit(f"{args.run}: not a recipe run (no recipe.json; run `kvl train --recipe nano --out DIR`)")
     summary = json.loads((args.run / "recipe.json").read_text())
     stages = summary["recipe"]["stages"]
     held = {kind: args.run / "heldout" / kind / f"heldout_{kind}.jsonl" for kind in ("ocr", "ground")}

@@ -32,8 +32,8 @@ HOW_TO_GET = (
 # Small models of our own architecture shipped inside the package, loaded like any checkpoint.
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_MODELS = {
-    "kvl-nano": "6.3M parameters, trained from scratch on generated documents and screens by `kvl train "
-                "--recipe nano`; reads clean rendered pages with errors, clicks barely better than chance",
+    "kvl-nano": "6.3M parameters, trained from scratch on generated documents by `kvl train --recipe nano`; "
+                "reads clean rendered pages, with errors; cannot find controls on a screen",
 }
 DEFAULT_MODEL = "kvl-nano"
 # What a built-in model was trained to do, when its kvl_model.json does not say: the verbs it may run
@@ -116,11 +116,12 @@ def _builtin_meta(name: str) -> dict:
 
 def builtin_quality(name: str) -> str:
     """The held-out metrics the shipped weights were exported with (kvl_model.json), in words."""
-    ev = _builtin_meta(name).get("eval", {})
+    meta = _builtin_meta(name)
+    ev = meta.get("eval", {})
     parts = []
     if "cer" in ev.get("ocr", {}).get("metrics", {}):
-        parts.append(f"held-out OCR CER {ev['ocr']['metrics']['cer']:.0f}%")
-    if "accuracy" in ev.get("ground", {}).get("metrics", {}):
+        parts.append(f"held-out OCR CER {ev['ocr']['metrics']['cer']:.1f}%")
+    if "accuracy" in ev.get("ground", {}).get("metrics", {}) and "ground" in builtin_skills(name):
         g = ev["ground"]["metrics"]
         parts.append(f"click-in-box {g['accuracy']:.0f}% (random {g.get('random_baseline', 0):.1f}%)")
     return ", ".join(parts)

@@ -128,7 +128,7 @@ def run_recipe(name: str, out: str, seed: int = 0, resume: bool = False, device:
     recipes.plot_recipe(Path(out))
     if export:
         recipes.export(summary["final"], export, extra={"recipe": name, "scale": scale, "seed": seed, "eval": summary["eval"],
-                                                        "stages": summary["stages"]})
+                                                        "stages": summary["stages"], "skills": list(rec.skills)})
         if not quiet:
             err_console.print(f"[green]exported[/]: {export}")
     return summary

@@ -295,6 +295,11 @@ def ground_command(
     from .ground import ground, point_in_box
 
     image = load_image(data, name=str(screenshot))
+    from kvl_core.backend import resolve_backend
+    from kvl_core.hub import require_skill
+
+    if resolve_backend(backend, base_url) == "local":
+        require_skill(model, "ground", "kvl agent ground")
     engine = load_engine(model, device, dtype, backend, base_url, api_key)
     sampling = {k: v for k, v in {"max_new_tokens": max_new_tokens, "temperature": temperature,
                                   "seed": seed}.items() if v is not None}

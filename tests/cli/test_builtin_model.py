@@ -1,5 +1,6 @@
 """The built-in kvl-nano model: the default when nothing is configured, announced in one dim line, and
-actually doing its two jobs on the held-out examples shipped in examples/ (never trained on)."""
+actually doing its job on the held-out example shipped in examples/ (never trained on); every verb it was
+not trained for refuses in one line."""
 
 import json
 from pathlib import Path
@@ -15,10 +16,10 @@ from .helpers import run_kvl
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
-# Measured 0.074 on this invoice when the shipped weights were exported (7 edits in 94 characters: two digits
-# of the number, "Water" read as "Butter", one digit of the total: docs/nano.md); the previous weights, which
-# wrote an invoice's shape without reading it, scored 0.48; an empty answer scores 1.0.
-MAX_INVOICE_CER = 0.15
+# Measured 0.011 on this invoice when the shipped weights were exported (1 edit in 94 characters: one digit of
+# the total, docs/nano.md); the weights before them scored 0.074 (7 edits) and 0.48 (an invoice's shape,
+# not read); an empty answer scores 1.0.
+MAX_INVOICE_CER = 0.03
 
 pytestmark = pytest.mark.skipif(hub.builtin_model("kvl-nano") is None, reason="kvl-nano weights not in this tree")
 
@@ -49,17 +50,21 @@ def test_ocr_without_a_model_uses_kvl_nano_and_reads_the_invoice(no_config):
     assert cer < MAX_INVOICE_CER, got  # the figure docs/nano.md reports for this file, with slack
 
 
-def test_agent_ground_runs_on_the_built_in_model(no_config):
+def test_agent_ground_on_kvl_nano_by_name(no_config):
+    # kvl-nano was not taught grounding (its skills are ocr only), so it runs only when named; its answer
+    # either holds a point in the image or ends in one error line, never a traceback
     target = json.loads((EXAMPLES / "screen.json").read_text())
     box = ",".join(str(v) for v in target["bbox"])
     proc = run_kvl("agent", "ground", str(EXAMPLES / "screen.png"), target["instruction"], "--box", box, "--json",
-                   **no_config)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
-    assert 0 <= out["x"] <= 1 and 0 <= out["y"] <= 1
-    assert (out["px"], out["py"]) == (round(out["x"] * 448), round(out["y"] * 336))
-    x1, y1, x2, y2 = target["bbox"]
-    assert out["hit"] == (x1 <= out["px"] <= x2 and y1 <= out["py"] <= y2)  # the shipped model rarely hits
+                   "--model", "kvl-nano", **no_config)
+    assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr, proc.stderr
+    if proc.returncode == 0:
+        out = json.loads(proc.stdout)
+        assert 0 <= out["x"] <= 1 and 0 <= out["y"] <= 1
+        assert (out["px"], out["py"]) == (round(out["x"] * 448), round(out["y"] * 336))
+    else:
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert len(lines) == 1 and "screen.png" in lines[0] and "holds no point" in lines[0], proc.stderr
 
 
 def test_a_configured_model_silences_the_notice(no_config, tiny_dir):
@@ -83,6 +88,7 @@ REFUSED = {
     "chat": lambda tmp: ["chat", "What is the total?"],
     "pdf ask": lambda tmp: ["pdf", "ask", str(_pdf(tmp)), "What was Q3 revenue?"],
     "agent": lambda tmp: ["agent", "enable Do Not Track", "--dry-run", "--trajectory", str(tmp / "traj")],
+    "agent ground": lambda tmp: ["agent", "ground", str(EXAMPLES / "screen.png"), "the Save button"],
     "video describe": lambda tmp: ["video", "scenes", str(ROOT / "examples" / "invoice.png"), "--describe"],
     "eval": lambda tmp: ["eval", "ocrbench", "--data", str(tmp), "--out", str(tmp / "ev")],
     "serve": lambda tmp: ["serve", "--port", "1"],

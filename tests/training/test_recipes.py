@@ -34,6 +34,7 @@ def test_cli_recipe_evaluates_held_out_sets_and_exports(smoke_run, tmp_path):
     assert "accuracy" in summary["eval"]["ground"]["metrics"]
     meta = json.loads((tmp_path / "model" / "kvl_model.json").read_text())
     assert meta["recipe"] == "smoke" and meta["eval"] == summary["eval"]
+    assert meta["skills"] == ["ocr", "ground"] == list(recipes.smoke().skills)  # what hub.require_skill reads
     assert json.loads((out / "recipe.json").read_text())["eval"] == summary["eval"]
 
 
@@ -83,8 +84,8 @@ def test_nano_recipe_matches_its_preset():
     cfg = preset("nano")
     assert cfg.text.bos_token_id == 256 + NANO_MERGES
     assert cfg.media_placeholder_token_id == 256 + NANO_MERGES + 21
-    assert [s.key for s in rec.stages] == ["read-vit", "read-lm-lines", "read-lm", "read-joint-lines", "read-joint",
-                                           "read-joint-screens"]
+    assert [s.key for s in rec.stages] == ["read-vit", "read-lm-lines", "read-lm", "read-joint-lines", "read-joint"]
+    assert rec.skills == ("ocr",)  # no stage teaches grounding: the exported model must not claim it
     assert {k.partition(":")[0] for s in rec.stages for k in s.data} <= set(rec.samples)  # every kind is generated
     model = KimiVLForConditionalGeneration(cfg)
     n = sum(p.numel() for p in model.parameters())
