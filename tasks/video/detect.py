@@ -271,6 +271,16 @@ def _thumbs(s: Scores) -> np.ndarray:
     return s.thumbs.reshape(len(s.thumbs), -1).astype(np.float32)
 
 
+def _norm_luma(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each thumbnail's luma with its mean removed and scaled to unit norm (so a dot product is a correlation
+    that ignores gain and offset), and its spread (standard deviation, levels)."""
+    luma = t.reshape(len(t), -1, 3).mean(-1)
+    luma -= luma.mean(1, keepdims=True)
+    spread = np.sqrt((luma * luma).mean(1))
+    luma /= np.maximum(spread[:, None] * np.sqrt(luma.shape[1]), 1e-6)
+    return luma, spread
+
+
 def _dist(t: np.ndarray, a, b) -> np.ndarray:
     return np.abs(t[a] - t[b]).mean(-1)
 
@@ -330,10 +340,7 @@ def dissolve_spans(s: Scores, threshold: float = DEFAULTS["threshold"]) -> list[
         return []
     t = _thumbs(s)
     n = len(t)
-    luma = t.reshape(n, -1, 3).mean(-1)
-    luma -= luma.mean(1, keepdims=True)
-    spread = np.sqrt((luma * luma).mean(1))
-    luma /= np.maximum(spread[:, None] * np.sqrt(luma.shape[1]), 1e-6)
+    luma, spread = _norm_luma(t)
     found = []  # (c, k, badness, moving)
     for k in DISSOLVE_HALVES:
         if n < 2 * k + 1:
@@ -439,10 +446,7 @@ def dip_fades(s: Scores, threshold: float = DEFAULTS["threshold"]) -> list[tuple
         return []
     inten = s.intensity.astype(np.float64)
     n = len(inten)
-    t = _thumbs(s)
-    luma = t.reshape(n, -1, 3).mean(-1)
-    luma -= luma.mean(1, keepdims=True)
-    luma /= np.maximum(np.linalg.norm(luma, axis=1, keepdims=True), 1e-6)
+    luma, _ = _norm_luma(_thumbs(s))
     i = np.arange(1, n - 1)
     minima = i[(inten[i] <= inten[i - 1]) & (inten[i] <= inten[i + 1]) & (inten[i] >= threshold)]
     out: list[tuple[int, int, int]] = []
