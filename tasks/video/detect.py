@@ -364,12 +364,16 @@ def dissolve_spans(s: Scores, threshold: float = DEFAULTS["threshold"]) -> list[
         ok = change >= DISSOLVE_MIN
         c, A, B, D, change = c[ok], A[ok], B[ok], D[ok], change[ok]
         # a fade towards black: the darker end is the brighter one times a gain, almost exactly (a dissolve
-        # into a dark picture leaves 0.2 or more of the change unexplained; fades ~0.05)
-        first_brighter = (s.intensity[c - k] >= s.intensity[c + k])[:, None]
-        bright, dark_end = np.where(first_brighter, A, B), np.where(first_brighter, B, A)
+        # into a dark picture leaves 0.2 or more of the change unexplained; fades ~0.05). A dark end with
+        # texture of its own (a night shot) is a picture, which the correlation test above already told
+        # from the bright end (a dimmed copy correlates): next to a white page, any dark picture is close to
+        # the page dimmed.
+        first_brighter = s.intensity[c - k] >= s.intensity[c + k]
+        bright, dark_end = np.where(first_brighter[:, None], A, B), np.where(first_brighter[:, None], B, A)
         gain = (bright * dark_end).sum(1) / np.maximum((bright * bright).sum(1), 1e-6)
         den = np.maximum((D * D).sum(1), 1e-6)
         ok = np.linalg.norm(dark_end - gain[:, None] * bright, axis=1) >= DISSOLVE_GAIN * np.sqrt((D * D).sum(1))
+        ok |= np.where(first_brighter, spread[c + k], spread[c - k]) >= TEXTURED
         c, A, D, change, den = c[ok], A[ok], D[ok], change[ok], den[ok]
         worst = np.zeros(len(c), np.float32)
         off = np.zeros(len(c), np.float32)  # the largest miss of the straight ramp
@@ -496,9 +500,9 @@ def boundaries(s: Scores, detector: str = "adaptive", threshold: float | None = 
     # a dip's pictures change where both are dim: any cut or dissolve found inside it is the dip itself
     spans = [sp for sp in spans if not any(sp[0] <= b + 1 and a - 1 <= sp[2] for a, _, b in dips)]
     hard = [p for p in hard if not any(a - 1 <= p <= b + 1 for a, _, b in dips)]
-    # the first frames of a dissolve out of a dark shot jump in hue (near-black pixels): such a "cut" inside
-    # a dissolve's window is the dissolve itself
-    hard = [p for p in hard if not any(a <= p <= b for a, _, b in spans)]
+    # the first frames of a dissolve out of a dark shot, and the first frame after one into it, jump in hue
+    # (near-black pixels): such a "cut" inside a dissolve's window or at its edges is the dissolve itself
+    hard = [p for p in hard if not any(a - 2 <= p <= b + 2 for a, _, b in spans)]
     # a hard cut at a dark run's edge stands for the transition when it is a cut to (or from) black; when the
     # picture beside it is already dim, the picture was fading and the fade is reported at its middle
     inten = s.intensity

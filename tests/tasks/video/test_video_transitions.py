@@ -47,6 +47,11 @@ def gradual(tmp_path_factory) -> dict:
     gain = np.r_[np.ones(24), np.linspace(1, 1 / 7, 7), np.linspace(1 / 7, 1, 7)[1:], np.ones(len(a) - 37)]
     frames = [(f * g).round().astype(np.uint8) for f, g in zip(a, gain)]
     out["dim_same"] = (write_video(d / "dim_same.mp4", frames, fps=25), {})
+    # a white page dissolving into a dark (but textured) picture: the last mixed frames jump in hue
+    dark = [(f * 0.2).round().astype(np.uint8) for f in c]
+    page = [(w1 + rng.normal(0, 2, w1.shape)).clip(0, 255).astype(np.uint8) for _ in range(70)]
+    frames, mid = dissolve(page, dark, 16)
+    out["into_dark"] = (write_video(d / "into_dark.mp4", frames, fps=25), {"mid": mid})
     return out
 
 
@@ -59,6 +64,12 @@ def test_dissolve_is_one_boundary_at_its_middle(gradual):
     assert abs(first - facts["first"]) <= 2 and abs(last - (facts["first"] + 15)) <= 2
     # PySceneDetect's detectors alone see no single frame standing out in a cross-fade
     assert find_scenes(path, compat=True).cuts == []
+
+
+def test_dissolve_into_a_dark_picture_is_not_a_cut_at_its_end(gradual):
+    path, facts = gradual["into_dark"]
+    r = find_scenes(path)
+    assert r.cuts == [facts["mid"]] and r.scenes[1].kind == "dissolve"
 
 
 def test_fade_that_never_reaches_black(gradual):
