@@ -116,8 +116,7 @@ def _builtin_meta(name: str) -> dict:
 
 def builtin_quality(name: str) -> str:
     """The held-out metrics the shipped weights were exported with (kvl_model.json), in words."""
-    meta = _builtin_meta(name)
-    ev = meta.get("eval", {})
+    ev = _builtin_meta(name).get("eval", {})
     parts = []
     if "cer" in ev.get("ocr", {}).get("metrics", {}):
         parts.append(f"held-out OCR CER {ev['ocr']['metrics']['cer']:.1f}%")

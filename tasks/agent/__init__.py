@@ -290,15 +290,14 @@ def ground_command(
     the_box = _parse_box(box) if box is not None else None
     data = read_user_file(screenshot, what="an image")  # before torch is imported: bad paths fail fast
 
+    from kvl_core.backend import resolve_backend
+    from kvl_core.hub import require_skill
     from kvl_core.processor.image import load_image
 
     from .ground import ground, point_in_box
 
     image = load_image(data, name=str(screenshot))
-    from kvl_core.backend import resolve_backend
-    from kvl_core.hub import require_skill
-
-    if resolve_backend(backend, base_url) == "local":
+    if resolve_backend(backend, base_url) == "local":  # the built-in model was not taught grounding
         require_skill(model, "ground", "kvl agent ground")
     engine = load_engine(model, device, dtype, backend, base_url, api_key)
     sampling = {k: v for k, v in {"max_new_tokens": max_new_tokens, "temperature": temperature,
