@@ -254,7 +254,7 @@ class _Batches:
     def __init__(self, sources: list[list[_Doc]], weights: list[float], batch: int, seed: int):
         self.sources, self.weights, self.batch, self.seed = sources, weights, batch, seed
         self.cursor = [0] * len(sources)
-        self._orders: dict[tuple[int, int], list[int]] = {}
+        self._orders: dict[int, tuple[int, list[int]]] = {}  # source -> (epoch, its order): the current one
 
     def take(self, step: int) -> list[_Doc]:
         if len(self.sources) == 1:
@@ -267,9 +267,9 @@ class _Batches:
         for s in rng.choices(range(len(self.sources)), weights=self.weights, k=self.batch):
             docs = self.sources[s]
             epoch, k = divmod(self.cursor[s], len(docs))
-            if (s, epoch) not in self._orders:
-                self._orders[(s, epoch)] = _order(len(docs), self.seed, epoch, s + 1)
-            out.append(docs[self._orders[(s, epoch)][k]])
+            if self._orders.get(s, (None,))[0] != epoch:
+                self._orders[s] = (epoch, _order(len(docs), self.seed, epoch, s + 1))
+            out.append(docs[self._orders[s][1][k]])
             self.cursor[s] += 1
         return out
 

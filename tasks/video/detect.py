@@ -450,26 +450,31 @@ def dip_fades(s: Scores, threshold: float = DEFAULTS["threshold"]) -> list[tuple
         return []
     inten = s.intensity.astype(np.float64)
     n = len(inten)
-    luma, _ = _norm_luma(_thumbs(s))
-    i = np.arange(1, n - 1)
-    minima = i[(inten[i] <= inten[i - 1]) & (inten[i] <= inten[i + 1]) & (inten[i] >= threshold)]
+    i = np.arange(DIP_RAMP, n - DIP_RAMP)
+    # local minima above the dark threshold with room for both ramps; a ramp of DIP_RAMP frames puts the
+    # frame DIP_RAMP away at least one FADE_STEP above the bottom (a vectorised necessary condition, so the
+    # walk below runs on few frames even over hours of noisy footage)
+    minima = i[(inten[i] <= inten[i - 1]) & (inten[i] <= inten[i + 1]) & (inten[i] >= threshold)
+               & (inten[i - DIP_RAMP] > inten[i] * FADE_STEP) & (inten[i + DIP_RAMP] > inten[i] * FADE_STEP)]
     out: list[tuple[int, int, int]] = []
     for m in minima:
         if out and m <= out[-1][2]:
             continue
         # the two dimmest frames of such a fade belong to different pictures, each at the same small weight:
-        # the first step away from the bottom need only not be darker
-        a = m - 1 if inten[m - 1] >= inten[m] else m
+        # the first step away from the bottom (to m - 1, m + 1: not darker, m is a minimum) need not be steep
+        a = m - 1
         while a > 0 and m - a < FADE_RAMP and inten[a - 1] > inten[a] * FADE_STEP:
             a -= 1
-        b = m + 1 if inten[m + 1] >= inten[m] else m
+        b = m + 1
         while b < n - 1 and b - m < FADE_RAMP and inten[b + 1] > inten[b] * FADE_STEP:
             b += 1
         if m - a < DIP_RAMP or b - m < DIP_RAMP or inten[m] > DIP_SHARE * min(inten[a], inten[b]):
             continue
-        if float(luma[a] @ luma[b]) >= DISSOLVE_SAME:
+        # only these frames' thumbnails are needed: no copy of the whole scan's
+        luma, _ = _norm_luma(s.thumbs[a:b + 1].reshape(b - a + 1, -1).astype(np.float32))
+        if float(luma[0] @ luma[-1]) >= DISSOLVE_SAME:
             continue
-        mid = next((f for f in range(a + 1, b + 1) if luma[f] @ luma[b] > luma[f] @ luma[a]), m)
+        mid = next((a + j for j in range(1, b - a + 1) if luma[j] @ luma[-1] > luma[j] @ luma[0]), m)
         out.append((int(a) + 1, int(mid), int(b) - 1))  # the frames that are dimmed
     return out
 
