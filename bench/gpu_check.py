@@ -65,9 +65,9 @@ SMOKE_TOTAL_S = 1200
 PARTS = list(LIMITS)
 # docs/nano.md, kvl-nano as shipped (2-core CPU, lightly shared): images (or oracle samples) per second of
 # each stage (samples / stage wall time), held-out CER of the final model, minutes in all
-NANO_CPU = {"images_per_s": {"read-vit": 11200 / 969.1, "read-lm-lines": 19200 / 1163.2, "read-lm": 4800 / 764.4,
-                             "read-joint-lines": 4800 / 668.2, "read-joint": 5600 / 1566.6},
-            "cer": 20.1, "total_min": 89}
+NANO_CPU = {"images_per_s": {"read-vit": 48000 / 2369.9, "read-lm-lines": 19200 / 548.9, "read-lm": 4800 / 395.8,
+                             "read-joint-lines": 4800 / 306.1, "read-joint": 5600 / 1476.8},
+            "cer": 12.1, "total_min": 85}
 
 
 # ---- bookkeeping ----------------------------------------------------------------------------------

@@ -180,10 +180,13 @@ COLORS = {
 }
 
 
-# Word lists a random vocabulary replaces (KEYS stay: value_for_key dispatches on them).
+# Word lists a random vocabulary replaces (KEYS keep their names, value_for_key dispatches on them; what is
+# drawn for a key is KEY_LABELS[key]).
 _VOCAB = ("NOUNS", "ADJECTIVES", "VERBS_PAST", "VERBS_BASE", "TIME_WORDS", "PREPOSITIONS", "DETERMINERS", "SUBJECTS",
           "FIRST_NAMES", "LAST_NAMES", "CITIES", "STATUSES", "ROLES", "ITEMS", "STORES", "HEADING_NOUNS",
           "HEADING_ADJS", "MONTHS", "DAYS")
+KEY_LABELS: dict[str, str] = {}  # key -> the word drawn for it, inside random_vocabulary only
+SALAD = 0.0  # share of sentences and list items that are word salad (no template), inside random_vocabulary
 _LOWER, _UPPER, _DIGITS = "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789"
 
 
@@ -207,13 +210,18 @@ def random_word(rng: random.Random, like: str) -> str:
 def random_vocabulary(rng: random.Random):
     """Within the block, every word list above holds random strings shaped like its words (fresh ones
     per call), so documents keep their layouts and markdown but their words are outside any corpus: a
-    model trained on them has to read glyphs, not recall vocabulary. Swaps this module's globals (the
-    generators look them up at call time); not for concurrent threads."""
+    model trained on them has to read glyphs, not recall vocabulary. Keys are drawn as random words too, and
+    about half the sentences and list items are word salad: the templates' own words ("Please ... before",
+    "costs") and their shapes are a prior as strong as a vocabulary, which a reader falls back on where
+    text follows no template (measured: kvl-nano wrote template sentences over lines of unrelated nouns).
+    Swaps this module's globals (the generators look them up at call time); not for concurrent threads."""
     g = globals()
-    saved = {name: g[name] for name in _VOCAB}
+    saved = {name: g[name] for name in (*_VOCAB, "KEY_LABELS", "SALAD")}
     try:
-        for name, words in saved.items():
-            g[name] = tuple(random_word(rng, w) for w in words)
+        for name in _VOCAB:
+            g[name] = tuple(random_word(rng, w) for w in saved[name])
+        g["KEY_LABELS"] = {k: random_word(rng, k) for k in KEYS}
+        g["SALAD"] = 0.5
         yield
     finally:
         g.update(saved)
@@ -316,8 +324,21 @@ def noun_phrase(rng: random.Random) -> str:
     return " ".join(parts)
 
 
+def salad(rng: random.Random, lo: int, hi: int) -> str:
+    """lo..hi words from every list, some capitalised, now and then a number: text that follows no template."""
+    pool = (NOUNS, ADJECTIVES, VERBS_BASE, VERBS_PAST, ITEMS, CITIES, LAST_NAMES, PREPOSITIONS, DETERMINERS)
+    words = []
+    for _ in range(rng.randint(lo, hi)):
+        w = rng.choice(rng.choice(pool)) if rng.random() < 0.9 else str(rng.randint(1, 999))
+        words.append(w.capitalize() if rng.random() < 0.3 else w)
+    return " ".join(words)
+
+
 def sentence(rng: random.Random) -> str:
-    """A short, grammatical-looking sentence from templates."""
+    """A short, grammatical-looking sentence from templates (inside random_vocabulary, SALAD of them are not)."""
+    if SALAD and rng.random() < SALAD:
+        s = salad(rng, 3, 9)
+        return s[0].upper() + s[1:] + rng.choice((".", ".", "", "!"))
     t = rng.randrange(6)
     if t == 0:
         s = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS_PAST)} {noun_phrase(rng)} {rng.choice(TIME_WORDS)}"
@@ -339,6 +360,9 @@ def sentence(rng: random.Random) -> str:
 
 
 def list_item(rng: random.Random) -> str:
+    if SALAD and rng.random() < SALAD:
+        s = salad(rng, 1, 4)
+        return s[0].upper() + s[1:]
     t = rng.randrange(5)
     if t == 0:
         return f"{rng.choice(VERBS_BASE).capitalize()} {noun_phrase(rng)}"

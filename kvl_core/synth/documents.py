@@ -268,8 +268,9 @@ def _layout_keyvalue(b: _Builder) -> dict:
     keys = b.rng.sample(C.KEYS, b.rng.randint(2, 5))
     bold, regular = b.font(bold=True), b.font()
     pairs = []
-    for k in keys:
-        v = C.value_for_key(b.rng, k)
+    for key in keys:
+        v = C.value_for_key(b.rng, key)
+        k = C.KEY_LABELS.get(key, key)
         kw = bold.getlength(k + ":") + regular.getlength(" ")
         if kw + regular.getlength(v) <= b.cw:
             pairs.append((k, v, kw))
@@ -282,7 +283,7 @@ def _layout_keyvalue(b: _Builder) -> dict:
         for k, v, kw in pairs:
             b.add_line([Run(b.margin, k + ":", bold=True), Run(b.margin + kw, v)])
         b.blocks.append("\n".join(f"**{k}:** {v}" for k, v, _ in pairs))
-    return {"heading": has_h, "pairs": len(pairs), "keys": [k for k, _, _ in pairs]}
+    return {"heading": has_h, "pairs": len(pairs), "keys": [k for k, _, _ in pairs]}  # as drawn
 
 
 def _layout_table(b: _Builder) -> dict:

@@ -106,7 +106,7 @@ def nano() -> Recipe:
         samples={"ocr": 12000, "ground": 1000, "line": 24000},
         heldout={"ocr": 100, "ground": 100},
         stages=[
-            StageRun("read-vit", steps=700, data=["ocr"], lr=2e-3, lr_vision=2e-3, batch=16),
+            StageRun("read-vit", steps=3000, data=["ocr"], lr=2e-3, lr_vision=2e-3, batch=16),
             # the read-out is learned on single lines first (a few dozen image tokens, one row), then pages
             # small batches: the read-out is learned per update (a 64-line batch learns ~4x slower per line)
             StageRun("read-lm", steps=1200, data=["line"], lr=3e-3, batch=16, name="read-lm-lines"),

@@ -164,6 +164,24 @@ def test_random_vocabulary_replaces_words_and_restores_the_lists():
     assert plain == [plan_document(random.Random(s), DocSpec(random_words=0.0)).markdown for s in range(20)]
 
 
+def test_random_vocabulary_draws_keys_and_word_salad_only_inside_the_block():
+    with C.random_vocabulary(random.Random(5)):
+        assert set(C.KEY_LABELS) == set(C.KEYS) and all(C.KEY_LABELS[k] != k for k in C.KEYS if len(k) > 2)
+        assert C.SALAD > 0
+        rng = random.Random(0)
+        sentences = [C.sentence(rng) for _ in range(200)]
+    assert C.KEY_LABELS == {} and C.SALAD == 0.0
+    # the templates' own words ("Please ... before", "costs", " is ... and ") are missing from the salad half
+    templated = sum(s.startswith("Please ") or " costs " in s or " is " in s for s in sentences)
+    assert 0.1 * len(sentences) < templated < 0.4 * len(sentences)
+    plain = [C.sentence(random.Random(s)) for s in range(50)]
+    assert all(s.endswith((".", "!")) for s in plain)  # outside the block every sentence is a template
+    spec = DocSpec(random_words=1.0)
+    kv = [p for p in (plan_document(random.Random(s), spec) for s in range(80)) if p.layout == "keyvalue"]
+    keys = {k for p in kv for k in re.findall(r"\*\*([^*]+):\*\*", p.markdown)}
+    assert kv and not keys & set(C.KEYS)  # the keys drawn are random words too
+
+
 def test_every_document_font_family_loads():
     for fam in C.DOC_FAMILIES:
         for bold in (False, True):
