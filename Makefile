@@ -25,7 +25,7 @@ test-slow:
 bench:
 	@set -e; for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f; done
 
-# Retrain the built-in kvl-nano from scratch through every stage (about 85 minutes on 2 CPU cores, see
+# Retrain the built-in kvl-nano from scratch through every stage (about 100 minutes on 2 CPU cores, see
 # docs/nano.md), evaluate it on the held-out sets and ship it into the package with its figures.
 # `make nano SCALE=10` trains 10x the steps on 10x the data (for a GPU or many cores).
 SCALE ?= 1

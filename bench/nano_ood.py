@@ -13,6 +13,8 @@ Sets:
            DejaVu Serif Italic (matplotlib); whichever are installed
   pillow   Pillow's built-in font (`ImageFont.load_default(size)`, Aileron), as other people's Pillow code
            draws text
+  pdf      the same pages written into a PDF in the base-14 fonts (Helvetica, Times, Courier: MuPDF's Nimbus
+           clones) and rasterised by MuPDF, as `kvl ocr` sees a born-digital PDF page
 """
 
 from __future__ import annotations
@@ -87,6 +89,8 @@ def _vocab() -> list[str]:
 
 
 class Font:
+    """A typeface at one size, as Pillow draws it (TrueType files, or Pillow's built-in font)."""
+
     def __init__(self, kind: str, path: str | None, size: int):
         self.kind, self.path, self.size = kind, path, size
         if kind == "pillow":
@@ -97,6 +101,63 @@ class Font:
             bold = _bold(path)
             self.bold = ImageFont.truetype(bold, size)
             self.fake_bold = bold == path
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name if self.path else "Pillow built-in (Aileron)"
+
+    def scaled(self, size: int) -> "Font":
+        return Font(self.kind, self.path, size)
+
+    def length(self, text: str, bold: bool = False) -> float:
+        return (self.bold if bold else self.regular).getlength(text)
+
+    def draw(self, W: int, H: int, bg: int, ink: int, runs: list) -> Image.Image:
+        img = Image.new("RGB", (W, H), (bg,) * 3)
+        d = ImageDraw.Draw(img)
+        for x, y, text, font, bold in runs:
+            f = font.bold if bold else font.regular
+            d.text((x, y), text, font=f, fill=(ink,) * 3)
+            if bold and font.fake_bold:
+                d.text((x + 1, y), text, font=f, fill=(ink,) * 3)
+        return img
+
+
+class PdfFont:
+    """One of the PDF base-14 families, drawn by MuPDF into a PDF page and rasterised at 72 dpi (1 pt = 1 px):
+    another rasteriser, and typefaces (MuPDF's Nimbus Sans / Roman / Mono) the recipe never renders."""
+
+    BASE14 = {"helv": "hebo", "tiro": "tibo", "cour": "cobo"}
+
+    def __init__(self, kind: str, path: str, size: int):
+        import pymupdf
+
+        self.kind, self.path, self.size = kind, path, size
+        self.regular, self.bold = pymupdf.Font(path), pymupdf.Font(self.BASE14[path])
+
+    @property
+    def name(self) -> str:
+        return self.regular.name
+
+    def scaled(self, size: int) -> "PdfFont":
+        return PdfFont(self.kind, self.path, size)
+
+    def length(self, text: str, bold: bool = False) -> float:
+        return (self.bold if bold else self.regular).text_length(text, self.size)
+
+    def draw(self, W: int, H: int, bg: int, ink: int, runs: list) -> Image.Image:
+        import pymupdf
+
+        doc = pymupdf.open()
+        page = doc.new_page(width=W, height=H)
+        page.draw_rect(page.rect, color=None, fill=(bg / 255,) * 3)
+        for x, y, text, font, bold in runs:
+            face = font.bold if bold else font.regular
+            # Pillow's y is the top of the line box; PDF text is placed by its baseline
+            page.insert_text((x, y + face.ascender * font.size), text, fontsize=font.size,
+                             fontname=font.BASE14[font.path] if bold else font.path, color=(ink / 255,) * 3)
+        pix = page.get_pixmap(dpi=72, alpha=False)
+        return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
 
 
 def _doc(rng: random.Random, font: Font, words: list[str]) -> tuple[Image.Image, str]:
@@ -112,12 +173,12 @@ def _doc(rng: random.Random, font: Font, words: list[str]) -> tuple[Image.Image,
         return " ".join(rng.choice(words) for _ in range(k))
 
     def fits(text: str, bold: bool = False) -> bool:
-        return (font.bold if bold else font.regular).getlength(text) <= W - 2 * m
+        return font.length(text, bold) <= W - 2 * m
 
     head = phrase(rng.randint(1, 2)).title()
     level = 1 if layout == "receipt" else 2
-    hfont = Font(font.kind, font.path, round(font.size * (1.5 if level == 1 else 1.25)))
-    if layout in ("heading-text", "bullets", "receipt") and hfont.bold.getlength(head) <= W - 2 * m:
+    hfont = font.scaled(round(font.size * (1.5 if level == 1 else 1.25)))
+    if layout in ("heading-text", "bullets", "receipt") and hfont.length(head, True) <= W - 2 * m:
         lines.append([(head, True, "h")])  # headings are drawn larger, as markdown renderers do
         md.append("#" * level + " " + head)
     n = rng.randint(2, 5)
@@ -163,42 +224,41 @@ def _doc(rng: random.Random, font: Font, words: list[str]) -> tuple[Image.Image,
         md.append("\n".join(items))
     heads = sum(r[0][2] == "h" for r in lines)
     H = 2 * m + pitch * len(lines) + heads * (hfont.size - font.size + font.size // 2)
-    bg = (rng.randint(245, 255),) * 3
-    ink = (rng.randint(0, 50),) * 3
-    img = Image.new("RGB", (W, H), bg)
-    d = ImageDraw.Draw(img)
+    bg, ink = rng.randint(245, 255), rng.randint(0, 50)
+    runs_at = []  # (x, y, text, font, bold)
     y = m
     for runs in lines:
         x = m
         for text, bold, align in runs:
-            f = hfont.bold if align == "h" else font.bold if bold else font.regular
+            f = hfont if align == "h" else font
             if align == "r":
-                x = W - m - f.getlength(text)
+                x = W - m - f.length(text, bold)
             elif align == "bullet":
                 x = m + round(font.size * 1.2)
-            d.text((x, y), text, font=f, fill=ink)
-            if bold and font.fake_bold:
-                d.text((x + 1, y), text, font=f, fill=ink)
-            x += f.getlength(text) + font.regular.getlength(" ")
+            runs_at.append((x, y, text, f, bold))
+            x += f.length(text, bold) + font.length(" ")
         y += pitch + (hfont.size - font.size + font.size // 2 if runs[0][2] == "h" else 0)
+    img = font.draw(W, H, bg, ink, runs_at)
     return img, "\n\n".join(md)
 
 
 def write_set(kind: str, out: Path, n: int, seed: int) -> Path:
     rng = random.Random(f"kvl-ood/{kind}/{seed}")
     words = _vocab()
-    files = [p for p in (_resolve(f) for f in FONT_FILES.get(kind, [])) if p] if kind != "pillow" else [None]
+    if kind == "pdf":
+        cls, files = PdfFont, list(PdfFont.BASE14)
+    else:
+        cls, files = Font, [p for p in (_resolve(f) for f in FONT_FILES.get(kind, [])) if p] if kind != "pillow" else [None]
     if not files:
         raise SystemExit(f"no font for set {kind!r} is installed")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
-        font = Font(kind, rng.choice(files), rng.randint(13, 19))
+        font = cls(kind, rng.choice(files), rng.randint(13, 19))
         img, md = _doc(rng, font, words)
         name = f"{i:04d}.png"
         img.save(out / name)
-        rows.append({"id": f"{kind}-{i:04d}", "image": name, "markdown": md,
-                     "font": Path(font.path).name if font.path else "Pillow built-in (Aileron)"})
+        rows.append({"id": f"{kind}-{i:04d}", "image": name, "markdown": md, "font": font.name})
     (out / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
 
@@ -220,7 +280,7 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="default: the built-in kvl-nano")
     ap.add_argument("--n", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sets", default="fonts,pillow")
+    ap.add_argument("--sets", default="fonts,pillow,pdf")
     ap.add_argument("--no-eval", action="store_true")
     a = ap.parse_args()
     results = {}

@@ -112,7 +112,7 @@ def nano() -> Recipe:
             StageRun("read-lm", steps=1200, data=["line"], lr=3e-3, batch=16, name="read-lm-lines"),
             StageRun("read-lm", steps=600, data=["ocr"], lr=2e-3, batch=8),
             StageRun("read-joint", steps=300, data=["line"], lr=1e-3, lr_vision=5e-4, batch=16, name="read-joint-lines"),
-            StageRun("read-joint", steps=1400, data=["ocr"], lr=1e-3, lr_vision=5e-4, batch=4),
+            StageRun("read-joint", steps=3000, data=["ocr"], lr=1e-3, lr_vision=5e-4, batch=4),
         ],
         skills=("ocr",),
         notes="read-vit -> read-lm -> read-joint on generated documents",
