@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import math
 import random
 from pathlib import Path
@@ -36,6 +37,17 @@ _FILES = {
 }
 
 
+# Nine more typefaces, none of them a face of bench/nano_ood.py's unseen sets: FiraGO, Noto Sans and Ubuntu
+# (humanist sans, two with their italics) and four monospaced faces, from pymupdf-fonts (Artifex's font package
+# for PyMuPDF, SIL OFL / Ubuntu Font Licence): a pip package, so every install that asks for them draws the same
+# pixels. (family, bold) -> the package's font name.
+PACKAGED = {"fira": ("figo", "figbo"), "fira-italic": ("figit", "figbi"), "noto": ("notos", "notosbo"),
+            "noto-italic": ("notosit", "notosbi"), "ubuntu": ("ubuntu", "ubuntubo"), "fira-mono": ("fimo", "fimbo"),
+            "ubuntu-mono": ("ubuntm", "ubuntmbo"), "space-mono": ("spacemo", "spacembo"),
+            "cascadia": ("cascadia", "cascadiab")}
+ALL_FAMILIES = DOC_FAMILIES + tuple(PACKAGED)
+
+
 @functools.lru_cache(maxsize=1)
 def font_dir() -> Path | None:
     """matplotlib's bundled DejaVu fonts (always present where matplotlib is), else None."""
@@ -49,17 +61,31 @@ def font_dir() -> Path | None:
 
 @functools.lru_cache(maxsize=1024)
 def get_font(family: str, size: int, bold: bool = False):
-    """A FreeType font; Pillow's built-in scalable default (Aileron) for "aileron" and whenever
-    matplotlib's fonts are unavailable. Such a font has `kvl_fake_bold` set when bold was asked for:
+    """A FreeType font (matplotlib's files, or pymupdf-fonts' for the PACKAGED families); Pillow's built-in
+    scalable default (Aileron) for "aileron" and whenever matplotlib's fonts are unavailable. Such a font has `kvl_fake_bold` set when bold was asked for:
     `draw_text` then double-strikes it."""
-    if family not in DOC_FAMILIES:
-        raise ValueError(f"unknown font family {family!r} (one of {', '.join(DOC_FAMILIES)})")
+    if family not in ALL_FAMILIES:
+        raise ValueError(f"unknown font family {family!r} (one of {', '.join(ALL_FAMILIES)})")
+    if family in PACKAGED:
+        return ImageFont.truetype(io.BytesIO(_packaged(PACKAGED[family][bold])), size)
     d = font_dir()
     if d is not None and (family, bold) in _FILES and (d / _FILES[family, bold]).exists():
         return ImageFont.truetype(str(d / _FILES[family, bold]), size)
     font = ImageFont.load_default(size)
     font.kvl_fake_bold = bold
     return font
+
+
+@functools.lru_cache(maxsize=None)
+def _packaged(name: str) -> bytes:
+    try:
+        import pymupdf_fonts
+    except ImportError:
+        # never a silent fallback: the same recipe must draw the same pages everywhere
+        from kvl_core.errors import KvlError
+
+        raise KvlError(f"font {name!r} needs the pymupdf-fonts package: pip install 'kvl[train]'") from None
+    return pymupdf_fonts.myfont(name)
 
 
 def has_real_bold() -> bool:

@@ -1,12 +1,15 @@
 """Rendered documents: sizes, line budget, and Markdown that matches what was drawn."""
 
+import io
 import random
 import re
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kvl_core.synth import common as C
-from kvl_core.synth.documents import LAYOUTS, DocSpec, draw_document, plan_document, render_document
+from kvl_core.synth.documents import LAYOUTS, DocSpec, draw_document, glyphs, plan_document, render_document
 
 SEEDS = range(120)
 
@@ -189,3 +192,29 @@ def test_every_document_font_family_loads():
             assert f.getlength("Ag") > 0
     assert getattr(C.get_font("aileron", 14, True), "kvl_fake_bold", False)  # Aileron has no bold face
     assert not getattr(C.get_font("sans", 14, True), "kvl_fake_bold", False)
+
+
+@pytest.mark.parametrize("fam", sorted(C.PACKAGED))
+def test_packaged_typefaces_draw_every_character_in_two_weights(fam):
+    pytest.importorskip("pymupdf_fonts")
+    from fontTools.ttLib import TTFont
+
+    for bold in (False, True):
+        font = C.get_font(fam, 16, bold)
+        assert not getattr(font, "kvl_fake_bold", False)  # a real bold face
+        cmap = TTFont(io.BytesIO(C._packaged(C.PACKAGED[fam][bold]))).getBestCmap()
+        assert all(c in cmap for c in range(32, 127)) and 0x2022 in cmap  # no .notdef box on a page
+    spec = DocSpec(fonts=(fam,), noise=0.0, blur=0.0, rotation=0.0)
+    plan = plan_document(random.Random(3), spec)
+    img = draw_document(plan, random.Random(3), spec)
+    ink = np.asarray(img.convert("L")) < 128
+    assert plan.family == fam and ink.any()
+    for g in glyphs(plan):  # every glyph centre sits on or next to ink
+        if g.char.isalnum():
+            y, x = round(g.y), round(g.x)
+            assert ink[max(0, y - 4):y + 5, max(0, x - 4):x + 5].any(), (fam, g)
+
+
+def test_packaged_typefaces_are_not_faces_of_the_unseen_sets():
+    ood = (Path(__file__).resolve().parents[2] / "bench" / "nano_ood.py").read_text()
+    assert not any(name in ood for name in ("FiraGO", "Noto", "Ubuntu", "Cascadia", "Space Mono", "Fira Mono"))
