@@ -151,11 +151,14 @@ class PdfFont:
         doc = pymupdf.open()
         page = doc.new_page(width=W, height=H)
         page.draw_rect(page.rect, color=None, fill=(bg / 255,) * 3)
+        # a TextWriter maps characters through the font's own cmap (insert_text's simple encoding turns the
+        # bullet into a middle dot)
+        tw = pymupdf.TextWriter(page.rect)
         for x, y, text, font, bold in runs:
             face = font.bold if bold else font.regular
             # Pillow's y is the top of the line box; PDF text is placed by its baseline
-            page.insert_text((x, y + face.ascender * font.size), text, fontsize=font.size,
-                             fontname=font.BASE14[font.path] if bold else font.path, color=(ink / 255,) * 3)
+            tw.append((x, y + face.ascender * font.size), text, font=face, fontsize=font.size)
+        tw.write_text(page, color=(ink / 255,) * 3)
         pix = page.get_pixmap(dpi=72, alpha=False)
         return Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
 

@@ -52,3 +52,10 @@ def test_sets_are_deterministic_and_unseen(ood, tmp_path):
     words = {w.strip("*:$.,").lower() for r in rows for w in r["markdown"].replace("\n", " ").split()}
     assert {w for w in words if w.isalpha() and w not in {"total"}} - {x.lower() for x in ood.KEYS} <= corpus_free | {
         n.lower() for n in ood.NAMES}
+
+
+def test_pdf_bullets_are_bullets(ood):
+    pytest.importorskip("pymupdf")
+    font = ood.PdfFont("pdf", "helv", 18)
+    x0, y0, x1, y1 = _ink_box(font.draw(60, 40, 255, 0, [(10, 5, "\u2022", font, False)]))
+    assert x1 - x0 >= 3 and y1 - y0 >= 3  # a round bullet (4x4 px of ink here; a middle dot is 2x2), not the middle dot of a simple-font encoding
