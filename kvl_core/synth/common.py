@@ -62,8 +62,8 @@ def font_dir() -> Path | None:
 @functools.lru_cache(maxsize=1024)
 def get_font(family: str, size: int, bold: bool = False):
     """A FreeType font (matplotlib's files, or pymupdf-fonts' for the PACKAGED families); Pillow's built-in
-    scalable default (Aileron) for "aileron" and whenever matplotlib's fonts are unavailable. Such a font has `kvl_fake_bold` set when bold was asked for:
-    `draw_text` then double-strikes it."""
+    scalable default (Aileron) for "aileron" and whenever matplotlib's fonts are unavailable. Such a font has
+    `kvl_fake_bold` set when bold was asked for: `draw_text` then double-strikes it."""
     if family not in ALL_FAMILIES:
         raise ValueError(f"unknown font family {family!r} (one of {', '.join(ALL_FAMILIES)})")
     if family in PACKAGED:
