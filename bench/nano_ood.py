@@ -251,7 +251,8 @@ def write_set(kind: str, out: Path, n: int, seed: int) -> Path:
     if kind == "pdf":
         cls, files = PdfFont, list(PdfFont.BASE14)
     else:
-        cls, files = Font, [p for p in (_resolve(f) for f in FONT_FILES.get(kind, [])) if p] if kind != "pillow" else [None]
+        cls = Font
+        files = [p for p in (_resolve(f) for f in FONT_FILES.get(kind, [])) if p] if kind != "pillow" else [None]
     if not files:
         raise SystemExit(f"no font for set {kind!r} is installed")
     out.mkdir(parents=True, exist_ok=True)

@@ -109,7 +109,8 @@ def glyph_scores(model_dir: Path, fam: str, n: int, out: Path | None) -> dict:
         fill: collections.Counter = collections.Counter()
         good = []
         for g in gl:
-            k = min(max(int(g.y * sy // ip.patch_size), 0), gh - 1) * gw + min(max(int(g.x * sx // ip.patch_size), 0), gw - 1)
+            row = min(max(int(g.y * sy // ip.patch_size), 0), gh - 1)
+            k = row * gw + min(max(int(g.x * sx // ip.patch_size), 0), gw - 1)
             good.append(fill[k] < SLOTS and int(pred[k, fill[k]]) == int(chars[k, fill[k]]))
             fill[k] += 1
         for j, g in enumerate(gl):
@@ -158,7 +159,8 @@ def main() -> None:
             r["cer"] = round(json.loads(proc.stdout)["metrics"]["cer"], 1)
         results[fam] = r
         print(fam, json.dumps(r), flush=True)
-    (out / "typefaces.json").write_text(json.dumps({"model": str(model), "n": a.n, "results": results}, indent=1) + "\n")
+    summary = {"model": str(model), "n": a.n, "results": results}
+    (out / "typefaces.json").write_text(json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -58,4 +58,5 @@ def test_pdf_bullets_are_bullets(ood):
     pytest.importorskip("pymupdf")
     font = ood.PdfFont("pdf", "helv", 18)
     x0, y0, x1, y1 = _ink_box(font.draw(60, 40, 255, 0, [(10, 5, "\u2022", font, False)]))
-    assert x1 - x0 >= 3 and y1 - y0 >= 3  # a round bullet (4x4 px of ink here; a middle dot is 2x2), not the middle dot of a simple-font encoding
+    # a round bullet (4x4 px of ink here), not the 2x2 middle dot that insert_text's simple encoding draws
+    assert x1 - x0 >= 3 and y1 - y0 >= 3
