@@ -18,16 +18,15 @@ built-in model does not).
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import random
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from nano_ood import evaluate  # noqa: E402  (bench/ is this script's folder: `kvl eval nano-ocr` on one set)
 
 LIB = "/usr/share/fonts/truetype/liberation/"
 FREE = "/usr/share/fonts/truetype/freefont/"
@@ -70,22 +69,29 @@ def register(out: Path) -> list[str]:
     return ok
 
 
-def glyph_scores(model_dir: Path, fam: str, n: int, out: Path | None) -> dict:
+def load(model_dir: Path):
+    """(model, dense head, image processor) of a reading stage's final/."""
     import torch
     from safetensors.torch import load_file
 
     from kvl_core.processor.chat import Processor
-    from kvl_core.synth import documents as D
-    from kvl_core.training.reading import SLOTS, DenseHead, patch_labels
+    from kvl_core.training.reading import DenseHead
     from kvl_core.training.trainer import load_model
 
-    global _MODEL
-    if _MODEL is None:
-        model, side = load_model(model_dir, None, Path(tempfile.mkdtemp()), 0, torch.device("cpu"))
-        head = DenseHead(model.config.vision.hidden_size)
-        head.load_state_dict(load_file(str(model_dir / "dense_head.safetensors")))
-        _MODEL = (model.eval(), head, Processor.from_pretrained(side).image_processor)
-    model, head, ip = _MODEL
+    model, side = load_model(model_dir, None, Path(tempfile.mkdtemp()), 0, torch.device("cpu"))
+    head = DenseHead(model.config.vision.hidden_size)
+    head.load_state_dict(load_file(str(model_dir / "dense_head.safetensors")))
+    return model.eval(), head, Processor.from_pretrained(side).image_processor
+
+
+def glyph_scores(loaded, fam: str, n: int, out: Path) -> dict:
+    """Draw n pages in `fam` into out/ (with data.jsonl for `kvl eval nano-ocr`) and score the dense head."""
+    import torch
+
+    from kvl_core.synth import documents as D
+    from kvl_core.training.reading import glyph_slots, patch_labels
+
+    model, head, ip = loaded
     spec = D.DocSpec(fonts=(fam,), random_words=1.0)
     ok = tot = dok = dtot = 0
     rows = []
@@ -95,24 +101,15 @@ def glyph_scores(model_dir: Path, fam: str, n: int, out: Path | None) -> dict:
         drawn: dict = {}
         img = D.draw_document(plan, rng, spec, record=drawn)
         gl = D.glyphs(plan, drawn["angle"])
-        if out is not None:
-            img.save(out / f"{i:04d}.png")
-            rows.append({"id": f"{fam}-{i:04d}", "image": f"{i:04d}.png", "markdown": plan.markdown})
+        img.save(out / f"{i:04d}.png")
+        rows.append({"id": f"{fam}-{i:04d}", "image": f"{i:04d}.png", "markdown": plan.markdown})
         p = ip.plan(img.width, img.height)
         chars, _ = patch_labels(gl, p.image_wh, p.resized_wh, p.grid_hw, ip.patch_size)
         px = ip([img])
         with torch.no_grad():
             pred = head(model.vision_tower(px["pixel_values"], px["image_grid_hws"]))[0].argmax(-1)
-        # each glyph's (patch, slot), exactly as patch_labels fills them
-        gh, gw = p.grid_hw
-        sx, sy = p.resized_wh[0] / p.image_wh[0], p.resized_wh[1] / p.image_wh[1]
-        fill: collections.Counter = collections.Counter()
-        good = []
-        for g in gl:
-            row = min(max(int(g.y * sy // ip.patch_size), 0), gh - 1)
-            k = row * gw + min(max(int(g.x * sx // ip.patch_size), 0), gw - 1)
-            good.append(fill[k] < SLOTS and int(pred[k, fill[k]]) == int(chars[k, fill[k]]))
-            fill[k] += 1
+        good = [place is not None and int(pred[place]) == int(chars[place])
+                for place in glyph_slots(gl, p.image_wh, p.resized_wh, p.grid_hw, ip.patch_size)]
         for j, g in enumerate(gl):
             if g.char == " ":
                 continue
@@ -121,13 +118,9 @@ def glyph_scores(model_dir: Path, fam: str, n: int, out: Path | None) -> dict:
             if j and gl[j - 1].char == g.char and g.char.isalpha():
                 dtot += 1
                 dok += good[j] and good[j - 1]
-    if out is not None:
-        (out / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return {"glyph_acc": round(100 * ok / max(tot, 1), 1), "glyphs": tot,
             "doubled_acc": round(100 * dok / max(dtot, 1), 1), "doubled": dtot}
-
-
-_MODEL = None
 
 
 def main() -> None:
@@ -142,6 +135,7 @@ def main() -> None:
     if not (model / "dense_head.safetensors").exists():
         raise SystemExit(f"{model}: no dense_head.safetensors (pass a reading stage's final/)")
     registered = register(out)
+    loaded = load(model)
     results = {}
     for fam in a.fonts.split(","):
         if fam in UNSEEN and fam not in registered:
@@ -149,14 +143,9 @@ def main() -> None:
             continue
         folder = out / fam
         folder.mkdir(parents=True, exist_ok=True)
-        r = glyph_scores(model, fam, a.n, folder)
+        r = glyph_scores(loaded, fam, a.n, folder)
         if not a.no_eval:
-            kvl = Path(sys.executable).parent / "kvl"
-            proc = subprocess.run([str(kvl), "eval", "nano-ocr", "--data", str(folder / "data.jsonl"), "--model",
-                                   str(model), "--out", str(folder / "eval"), "--json"], capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SystemExit(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "kvl eval failed")
-            r["cer"] = round(json.loads(proc.stdout)["metrics"]["cer"], 1)
+            r["cer"] = round(evaluate(folder / "data.jsonl", str(model), folder / "eval")["metrics"]["cer"], 1)
         results[fam] = r
         print(fam, json.dumps(r), flush=True)
     summary = {"model": str(model), "n": a.n, "results": results}

@@ -351,20 +351,21 @@ def noun_phrase(rng: random.Random) -> str:
 
 
 def salad(rng: random.Random, lo: int, hi: int) -> str:
-    """lo..hi words from every list, some capitalised, now and then a number: text that follows no template."""
+    """lo..hi words from every list, some capitalised, now and then a number, the first word capitalised: text
+    that follows no template."""
     pool = (NOUNS, ADJECTIVES, VERBS_BASE, VERBS_PAST, ITEMS, CITIES, LAST_NAMES, PREPOSITIONS, DETERMINERS)
     words = []
     for _ in range(rng.randint(lo, hi)):
         w = rng.choice(rng.choice(pool)) if rng.random() < 0.9 else str(rng.randint(1, 999))
         words.append(w.capitalize() if rng.random() < 0.3 else w)
-    return " ".join(words)
+    s = " ".join(words)
+    return s[0].upper() + s[1:]
 
 
 def sentence(rng: random.Random) -> str:
     """A short, grammatical-looking sentence from templates (inside random_vocabulary, SALAD of them are not)."""
     if SALAD and rng.random() < SALAD:
-        s = salad(rng, 3, 9)
-        return s[0].upper() + s[1:] + rng.choice((".", ".", "", "!"))
+        return salad(rng, 3, 9) + rng.choice((".", ".", "", "!"))
     t = rng.randrange(6)
     if t == 0:
         s = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS_PAST)} {noun_phrase(rng)} {rng.choice(TIME_WORDS)}"
@@ -387,8 +388,7 @@ def sentence(rng: random.Random) -> str:
 
 def list_item(rng: random.Random) -> str:
     if SALAD and rng.random() < SALAD:
-        s = salad(rng, 1, 4)
-        return s[0].upper() + s[1:]
+        return salad(rng, 1, 4)
     t = rng.randrange(5)
     if t == 0:
         return f"{rng.choice(VERBS_BASE).capitalize()} {noun_phrase(rng)}"

@@ -50,25 +50,39 @@ def char_class(ch: str) -> int:
     return BULLET if ch == "\u2022" else OTHER
 
 
-def patch_labels(glyphs: Iterable, image_wh: tuple[int, int], resized_wh: tuple[int, int],
-                 grid_hw: tuple[int, int], patch: int = 14) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chars [gh*gw, S], bold [gh*gw]) of one image: each glyph (`.char .x .y .bold`, in the original
-    image's pixels) goes to the patch holding its centre after the processor's resize, in drawing order
-    (left to right within a line). bold is -100 (ignored) where a patch holds no glyph."""
+def glyph_slots(glyphs: Iterable, image_wh: tuple[int, int], resized_wh: tuple[int, int],
+                grid_hw: tuple[int, int], patch: int = 14) -> list[tuple[int, int] | None]:
+    """(patch index, slot) of each glyph (`.x .y`, in the original image's pixels): the patch holding its centre
+    after the processor's resize, slots filled in drawing order (left to right within a line); None for a glyph
+    whose patch already holds SLOTS."""
     gh, gw = grid_hw
     sx, sy = resized_wh[0] / image_wh[0], resized_wh[1] / image_wh[1]
-    chars = torch.zeros(gh * gw, SLOTS, dtype=torch.long)
-    bold = torch.full((gh * gw,), -100, dtype=torch.long)
     fill = [0] * (gh * gw)
+    out: list[tuple[int, int] | None] = []
     for g in glyphs:
         r = min(max(int(g.y * sy // patch), 0), gh - 1)
         c = min(max(int(g.x * sx // patch), 0), gw - 1)
         k = r * gw + c
-        if fill[k] < SLOTS:
-            chars[k, fill[k]] = char_class(g.char)
-            fill[k] += 1
-            if g.char != " ":
-                bold[k] = max(int(bold[k]), int(g.bold))
+        out.append((k, fill[k]) if fill[k] < SLOTS else None)
+        fill[k] += 1
+    return out
+
+
+def patch_labels(glyphs: Iterable, image_wh: tuple[int, int], resized_wh: tuple[int, int],
+                 grid_hw: tuple[int, int], patch: int = 14) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chars [gh*gw, S], bold [gh*gw]) of one image: each glyph (`.char .x .y .bold`) in its `glyph_slots`
+    place. bold is -100 (ignored) where a patch holds no glyph."""
+    glyphs = list(glyphs)
+    gh, gw = grid_hw
+    chars = torch.zeros(gh * gw, SLOTS, dtype=torch.long)
+    bold = torch.full((gh * gw,), -100, dtype=torch.long)
+    for g, place in zip(glyphs, glyph_slots(glyphs, image_wh, resized_wh, grid_hw, patch)):
+        if place is None:
+            continue
+        k, slot = place
+        chars[k, slot] = char_class(g.char)
+        if g.char != " ":
+            bold[k] = max(int(bold[k]), int(g.bold))
     return chars, bold
 
 
@@ -450,6 +464,5 @@ def train_reading(cfg: ReadConfig, on_event=None) -> dict:
     return summary
 
 
-__all__ = ["SLOTS", "N_CLASSES", "READ_MODES", "ReadConfig", "char_class", "patch_labels", "to_merged", "merged_targets",
-           "merged_positions",
-           "Oracle", "DenseHead", "train_reading"]
+__all__ = ["SLOTS", "N_CLASSES", "READ_MODES", "ReadConfig", "char_class", "glyph_slots", "patch_labels", "to_merged",
+           "merged_targets", "merged_positions", "Oracle", "DenseHead", "train_reading"]
