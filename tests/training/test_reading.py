@@ -32,6 +32,12 @@ def test_patch_labels_put_each_glyph_in_the_patch_of_its_centre():
     assert bold[1] == 1 and bold[7] == -100 and bold[0] == -100
 
 
+def test_glyph_slots_name_each_glyphs_place_and_drop_the_overflow():
+    glyphs = [G(char="a", x=20, y=5), G(char="b", x=22, y=6), G(char="c", x=25, y=7), G(char="d", x=60, y=30)]
+    # patch 1 takes a and b, c overflows its two slots; d lies outside the 56x28 image and is clamped to the last patch
+    assert R.glyph_slots(glyphs, (56, 28), (56, 28), (2, 4)) == [(1, 0), (1, 1), None, (7, 0)]
+
+
 def test_patch_labels_follow_the_processors_resize():
     # 100x50 drawn, 200x100 fed to the ViT (2x): (20, 5) -> (40, 10) -> patch row 0, column 2
     chars, _ = R.patch_labels([G(char="x", x=20, y=5, bold=False)], (100, 50), (200, 100), (8, 16))
