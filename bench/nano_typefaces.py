@@ -62,10 +62,8 @@ def register(out: Path) -> list[str]:
                 f = str(p)
             paths.append(f)
         if all(Path(p).exists() for p in paths):
-            # absolute paths: common.get_font joins them onto matplotlib's font folder, which keeps them whole
-            C._FILES[fam, False], C._FILES[fam, True] = paths
+            C.register_family(fam, *paths)
             ok.append(fam)
-    C.ALL_FAMILIES = C.ALL_FAMILIES + tuple(ok)
     return ok
 
 

@@ -46,6 +46,24 @@ PACKAGED = {"fira": ("figo", "figbo"), "fira-italic": ("figit", "figbi"), "noto"
             "ubuntu-mono": ("ubuntm", "ubuntmbo"), "space-mono": ("spacemo", "spacembo"),
             "cascadia": ("cascadia", "cascadiab")}
 ALL_FAMILIES = DOC_FAMILIES + tuple(PACKAGED)
+_REGISTERED: dict[str, tuple[str, str]] = {}  # register_family: name -> (regular, bold) font files
+
+
+def register_family(name: str, regular: str | Path, bold: str | Path | None = None) -> None:
+    """Make a font file drawable as family `name` (your own typefaces; bench/nano_typefaces.py's unseen
+    ones). Without a bold file, bold is the regular face (not double-struck: the file's own weight)."""
+    from kvl_core.errors import KvlError
+
+    if name in ALL_FAMILIES:
+        raise KvlError(f"font family {name!r} is built in; register yours under another name")
+    files = (str(regular), str(bold if bold is not None else regular))
+    for f in files:
+        try:
+            ImageFont.truetype(f, 12)
+        except OSError as e:
+            raise KvlError(f"{f}: not a font file FreeType can open ({e})") from None
+    _REGISTERED[name] = files
+    get_font.cache_clear()  # the name may have drawn with another file before
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,8 +82,10 @@ def get_font(family: str, size: int, bold: bool = False):
     """A FreeType font (matplotlib's files, or pymupdf-fonts' for the PACKAGED families); Pillow's built-in
     scalable default (Aileron) for "aileron" and whenever matplotlib's fonts are unavailable. Such a font has
     `kvl_fake_bold` set when bold was asked for: `draw_text` then double-strikes it."""
+    if family in _REGISTERED:
+        return ImageFont.truetype(_REGISTERED[family][bold], size)
     if family not in ALL_FAMILIES:
-        raise ValueError(f"unknown font family {family!r} (one of {', '.join(ALL_FAMILIES)})")
+        raise ValueError(f"unknown font family {family!r} (one of {', '.join(ALL_FAMILIES + tuple(_REGISTERED))})")
     if family in PACKAGED:
         return ImageFont.truetype(io.BytesIO(_packaged(PACKAGED[family][bold])), size)
     d = font_dir()

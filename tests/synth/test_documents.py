@@ -218,3 +218,29 @@ def test_packaged_typefaces_draw_every_character_in_two_weights(fam):
 def test_packaged_typefaces_are_not_faces_of_the_unseen_sets():
     ood = (Path(__file__).resolve().parents[2] / "bench" / "nano_ood.py").read_text()
     assert not any(name in ood for name in ("FiraGO", "Noto", "Ubuntu", "Cascadia", "Space Mono", "Fira Mono"))
+
+
+def test_registered_family_draws_a_document_with_its_own_file(tmp_path):
+    from kvl_core.errors import KvlError
+
+    d = C.font_dir()
+    if d is None:
+        pytest.skip("matplotlib's fonts are not installed")
+    C.register_family("test-serif-face", d / "DejaVuSerif.ttf")
+    try:
+        assert C.get_font("test-serif-face", 14).path.endswith("DejaVuSerif.ttf")
+        assert C.get_font("test-serif-face", 14, True).path.endswith("DejaVuSerif.ttf")  # no bold file: the face itself
+        spec = DocSpec(fonts=("test-serif-face",), noise=0.0, blur=0.0, rotation=0.0)
+        plan = plan_document(random.Random(1), spec)
+        assert plan.family == "test-serif-face" and (np.asarray(draw_document(plan, random.Random(1), spec).convert("L")) < 128).any()
+    finally:
+        C._REGISTERED.pop("test-serif-face", None)
+        C.get_font.cache_clear()
+    bad = tmp_path / "notafont.ttf"
+    bad.write_bytes(b"hello")
+    with pytest.raises(KvlError, match="notafont.ttf"):
+        C.register_family("broken", bad)
+    with pytest.raises(KvlError, match="built in"):
+        C.register_family("sans", d / "DejaVuSerif.ttf")
+    with pytest.raises(ValueError, match="unknown font family"):
+        C.get_font("test-serif-face", 14)
