@@ -40,6 +40,7 @@ SLOTS = 2  # characters whose centre falls in one patch (left to right); more ar
 N_CLASSES = 98
 NONE, BULLET, OTHER = 0, 96, 97
 NONE_WEIGHT = 0.1
+POSITION_CODES = ("fourier", "digits")
 POS_FREQS = 8  # Fourier frequencies per axis of the oracle's position vector
 
 
@@ -101,8 +102,11 @@ class Oracle(nn.Module):
     [M, E]. Fixed random vectors (seeded; never trained): what they mean is learned by the LM (read-out)
     and by the projector (production), each against the same fixed target."""
 
-    def __init__(self, hidden: int, seed: int = 0, kernel: int = 4, scale: float = 1.0):
+    def __init__(self, hidden: int, seed: int = 0, kernel: int = 4, scale: float = 1.0, position_code: str = "fourier"):
         super().__init__()
+        if position_code not in POSITION_CODES:
+            raise ValueError(f"position_code must be one of {POSITION_CODES}, not {position_code!r}")
+        self.position_code = position_code
         g = torch.Generator().manual_seed(10_007 + seed)
         chars = torch.randn(kernel * SLOTS, N_CLASSES, hidden, generator=g) * (scale / math.sqrt(SLOTS))
         chars[:, NONE] = 0
@@ -117,9 +121,21 @@ class Oracle(nn.Module):
         self.register_buffer("freqs", 2 * math.pi * torch.logspace(-1, math.log10(16), POS_FREQS), persistent=False)
         self.register_buffer("pos", torch.randn(2, 2 * POS_FREQS, hidden, generator=gp) * (scale / math.sqrt(2 * POS_FREQS)),
                              persistent=False)
+        # "digits": the first two decimals of x and of y, each a fixed random vector like a character's, so that
+        # the answer's "x=0.19" is read off the target's token the way its letters are (a copy, not a decode
+        # of sines). Own generator, as above.
+        gd = torch.Generator().manual_seed(30_011 + seed)
+        self.register_buffer("digits", torch.randn(2, 2, 10, hidden, generator=gd) * (scale / math.sqrt(SLOTS)),
+                             persistent=False)
 
     def position(self, pos: torch.Tensor) -> torch.Tensor:
         """[M, 2] centres (x, y) in [0, 1] -> [M, E]."""
+        if self.position_code == "digits":
+            hundredths = (pos.clamp(0, 0.999) * 100).long()  # [M, 2]
+            out = torch.zeros(pos.shape[0], self.digits.shape[-1], dtype=self.digits.dtype, device=pos.device)
+            for axis in range(2):
+                out += self.digits[axis, 0][hundredths[:, axis] // 10] + self.digits[axis, 1][hundredths[:, axis] % 10]
+            return out
         ang = pos.to(self.freqs.dtype).unsqueeze(-1) * self.freqs  # [M, 2, F]
         feats = torch.cat([ang.sin(), ang.cos()], -1)  # [M, 2, 2F]
         return torch.einsum("maf,afe->me", feats, self.pos)
@@ -217,6 +233,7 @@ class ReadConfig:
     crop: tuple[int, int] = (320, 96)  # read-vit: max crop (w, h) in original pixels
     aux: float = 0.5  # read-joint: weight of the dense losses
     positions: bool = False  # oracle tokens say where they are (Oracle.position): for grounding
+    position_code: str = "fourier"  # how they say it (POSITION_CODES)
     device: str = "auto"
 
 
@@ -348,7 +365,7 @@ def train_reading(cfg: ReadConfig, on_event=None) -> dict:
     head = DenseHead(model.config.vision.hidden_size).to(dev)
     if cfg.model and (Path(cfg.model) / "dense_head.safetensors").exists():
         head.load_state_dict(load_file(str(Path(cfg.model) / "dense_head.safetensors")))
-    oracle = Oracle(model.config.text.hidden_size, seed=cfg.seed).to(dev)
+    oracle = Oracle(model.config.text.hidden_size, seed=cfg.seed, position_code=cfg.position_code).to(dev)
 
     vision_parts = [model.vision_tower, model.multi_modal_projector]
     train_vision = cfg.mode in ("read-vit", "read-joint")

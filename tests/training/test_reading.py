@@ -95,6 +95,20 @@ def test_oracle_positions_are_smooth_and_leave_the_characters_alone():
     assert near < 0.5 * far  # neighbours get neighbouring vectors
     assert 0.5 < p.norm(dim=-1).mean() / o(chars).norm(dim=-1).mean() < 2  # about a character's weight
 
+def test_digit_positions_spell_the_first_two_decimals():
+    o = R.Oracle(64, seed=0, position_code="digits")
+    pos = torch.tensor([[0.192, 0.544], [0.199, 0.541], [0.291, 0.544], [0.999, 1.0]])
+    p = o.position(pos)
+    assert torch.allclose(p[0], p[1])  # same two decimals of x and of y: the same vector
+    want = o.digits[0, 0][1] + o.digits[0, 1][9] + o.digits[1, 0][5] + o.digits[1, 1][4]
+    assert torch.allclose(p[0], want, atol=1e-5)
+    assert not torch.allclose(p[0], p[2])  # 0.19 and 0.29 differ
+    assert torch.isfinite(p[3]).all()  # 1.0 is clamped into the last cell
+    assert torch.equal(R.Oracle(64, seed=0, position_code="digits")(torch.zeros(1, 4, R.SLOTS, dtype=torch.long), pos=pos[:1]), p[:1])
+    with pytest.raises(ValueError):
+        R.Oracle(64, position_code="polar")
+
+
 
 def test_merged_positions_are_token_centres_in_merger_order():
     pos = R.merged_positions([(4, 6), (2, 2)])
