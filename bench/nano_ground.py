@@ -70,7 +70,14 @@ def words_of(glyphs: list) -> list[tuple[str, list[float]]]:
     return out
 
 
-def point_chats(src: Path, dst: Path, seed: int = 0, skip: int = 0, limit: int | None = None) -> Path:
+def rows_of(glyphs: list) -> int:
+    """How many text rows an image has (glyph centres more than 4 px apart in y start a new one)."""
+    ys = sorted(g[2] for g in glyphs)
+    return sum(1 for a, b in zip([-99.0] + ys, ys) if b - a > 4)
+
+
+def point_chats(src: Path, dst: Path, seed: int = 0, skip: int = 0, limit: int | None = None,
+                max_rows: int | None = None) -> Path:
     """A pointing task on pages or lines (glyph-bearing chats of kvl_core.synth): "Click Xyz" -> the GUI answer at
     the centre of a word that occurs once on the image (letters, 3+ long). Same system prompt and format as the
     screens, so the skill that transfers is find-the-text-then-say-where."""
@@ -86,6 +93,8 @@ def point_chats(src: Path, dst: Path, seed: int = 0, skip: int = 0, limit: int |
         if limit is not None and len(rows) >= limit:
             break
         r = json.loads(line)
+        if max_rows is not None and rows_of(r["glyphs"]) > max_rows:
+            continue
         words = words_of(r["glyphs"])
         counts: dict = {}
         for w, _ in words:
@@ -175,11 +184,13 @@ def main() -> None:
     ap.add_argument("--code", default="fourier", help="how oracle tokens say where they are (fourier | digits)")
     ap.add_argument("--words", default="", help="train on pointing at words instead: a glyph-bearing JSONL (synth "
                     "line/ocr); its last --n lines are held out and scored too")
+    ap.add_argument("--max-rows", type=int, default=None, help="--words: only images with at most this many text rows")
+    ap.add_argument("--no-screens", action="store_true", help="do not score the held-out screens")
     ap.add_argument("--eval-only", action="store_true")
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    screens = heldout_screens(a.n)
+    screens = [] if a.no_screens else heldout_screens(a.n)
     model = a.model
     if not a.eval_only:
         from kvl_core.training.reading import ReadConfig, train_reading
@@ -188,7 +199,7 @@ def main() -> None:
         if a.words:
             src = Path(a.words)
             total = sum(1 for _ in open(src))
-            data = point_chats(src, out / "data" / f"point-{src.stem}.jsonl", skip=0, limit=None)
+            data = point_chats(src, out / "data" / f"point-{src.stem}.jsonl", max_rows=a.max_rows)
             held = point_chats(src, out / "data" / f"point-{src.stem}-heldout.jsonl", seed=1, skip=total - a.n)
             # the held-out lines are the file's last: drop them from training
             keep = [l for l in open(data) if json.loads(l)["id"] not in {json.loads(h)["id"] for h in open(held)}]
@@ -205,7 +216,7 @@ def main() -> None:
                       on_event=lambda k, i: print(json.dumps(i), flush=True) if k == "step" and i["step"] % 50 == 0 else None)
         print(f"trained {a.steps} steps in {time.perf_counter() - t0:.0f} s", flush=True)
         model = str(stage / "final")
-    sets = {"screens": screens}
+    sets = {} if a.no_screens else {"screens": screens}
     if a.words:
         sets["words"] = point_samples(out / "data" / f"point-{Path(a.words).stem}-heldout.jsonl", a.n)
     for name, samples in sets.items():

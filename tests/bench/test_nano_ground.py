@@ -49,3 +49,8 @@ def test_point_chats_click_inside_the_drawn_word(ng, tmp_path):
         ink = np.asarray(img.convert("L"))[y1:y2, x1:x2]
         assert (ink < 160).mean() > 0.03  # the box holds the word's ink, not empty page
     assert len({r["instruction"] for r in rows}) == len(rows)
+
+
+def test_rows_count_text_lines(ng):
+    rows = [["a", 10, 20.0, 0], ["b", 18, 21.5, 0], ["c", 10, 50, 0], ["d", 10, 80, 0], ["e", 30, 79, 0]]
+    assert ng.rows_of(rows) == 3 and ng.rows_of(rows[:2]) == 1 and ng.rows_of([]) == 0
