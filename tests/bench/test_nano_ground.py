@@ -1,23 +1,17 @@
 """bench/nano_ground.py: the pointing task's boxes cover the word drawn, and its answers click inside them."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from kvl_core.synth import dataset as D
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def ng():
-    spec = importlib.util.spec_from_file_location("nano_ground", ROOT / "bench" / "nano_ground.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("nano_ground")
 
 
 def test_words_split_at_spaces_and_line_breaks(ng):

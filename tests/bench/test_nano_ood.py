@@ -1,22 +1,17 @@
 """bench/nano_ood.py: the out-of-distribution sets are drawn where their layout says, by each renderer."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def ood():
-    spec = importlib.util.spec_from_file_location("nano_ood", ROOT / "bench" / "nano_ood.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("nano_ood")
 
 
 def _ink_box(img: Image.Image) -> tuple[int, int, int, int]:
