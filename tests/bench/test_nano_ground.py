@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 from kvl_core.synth import dataset as D
-from tests.bench.conftest import load_bench
 
 
 @pytest.fixture(scope="module")
-def ng():
+def ng(load_bench):
     return load_bench("nano_ground")
 
 

@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.bench.conftest import load_bench
-
 
 @pytest.fixture(scope="module")
-def ood():
+def ood(load_bench):
     return load_bench("nano_ood")
 
 
