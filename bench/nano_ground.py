@@ -188,6 +188,9 @@ def main() -> None:
     ap.add_argument("--no-screens", action="store_true", help="do not score the held-out screens")
     ap.add_argument("--eval-only", action="store_true")
     a = ap.parse_args()
+    for path, what in ((a.model, "model folder"), (a.words, "glyph-bearing JSONL")):
+        if path and not Path(path).exists():
+            sys.exit(f"{path}: no such {what}")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     screens = [] if a.no_screens else heldout_screens(a.n)
