@@ -481,5 +481,5 @@ def train_reading(cfg: ReadConfig, on_event=None) -> dict:
     return summary
 
 
-__all__ = ["SLOTS", "N_CLASSES", "READ_MODES", "ReadConfig", "char_class", "glyph_slots", "patch_labels", "to_merged",
+__all__ = ["SLOTS", "N_CLASSES", "POSITION_CODES", "READ_MODES", "ReadConfig", "char_class", "glyph_slots", "patch_labels", "to_merged",
            "merged_targets", "merged_positions", "Oracle", "DenseHead", "train_reading"]
