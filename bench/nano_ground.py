@@ -76,11 +76,11 @@ def rows_of(glyphs: list) -> int:
     return sum(1 for a, b in zip([-99.0] + ys, ys) if b - a > 4)
 
 
-def point_chats(src: Path, dst: Path, seed: int = 0, skip: int = 0, limit: int | None = None,
+def point_chats(src: Path, dst: Path, seed: int = 0, start: int = 0, stop: int | None = None,
                 max_rows: int | None = None) -> Path:
     """A pointing task on pages or lines (glyph-bearing chats of kvl_core.synth): "Click Xyz" -> the GUI answer at
-    the centre of a word that occurs once on the image (letters, 3+ long). Same system prompt and format as the
-    screens, so the skill that transfers is find-the-text-then-say-where."""
+    the centre of a word that occurs once on the image (letters, 3+ long), from lines [start, stop) of `src`. Same
+    system prompt and format as the screens, so the skill that transfers is find-the-text-then-say-where."""
     import random
 
     from PIL import Image
@@ -88,9 +88,9 @@ def point_chats(src: Path, dst: Path, seed: int = 0, skip: int = 0, limit: int |
     rng = random.Random(f"point/{seed}")
     rows = []
     for k, line in enumerate(open(src)):
-        if k < skip:
+        if k < start:
             continue
-        if limit is not None and len(rows) >= limit:
+        if stop is not None and k >= stop:
             break
         r = json.loads(line)
         if max_rows is not None and rows_of(r["glyphs"]) > max_rows:
@@ -121,21 +121,21 @@ def point_chats(src: Path, dst: Path, seed: int = 0, skip: int = 0, limit: int |
 
 def point_samples(path: Path, n: int) -> list[dict]:
     """Held-out pointing chats (point_chats output) as evaluate() samples."""
-    from types import SimpleNamespace
-
     from PIL import Image
+
+    from kvl_core.synth.documents import Glyph
 
     out = []
     for line in list(open(path))[:n]:
         r = json.loads(line)
-        gl = [SimpleNamespace(char=c, x=x, y=y, bold=b) for c, x, y, b in r["glyphs"]]
+        gl = [Glyph(c, x, y, 0, bool(b)) for c, x, y, b in r["glyphs"]]  # as training/reading.py reads them
         out.append({"image": Image.open(r["messages"][1]["content"][0]["image"]).convert("RGB"),
                     "instruction": r["instruction"], "kind": "word", "box": r["box"], "glyphs": gl})
     return out
 
 
 @torch.no_grad()
-def evaluate(model_dir: str, screens: list[dict], positions: bool = True, seed: int = 0, code: str = "fourier") -> dict:
+def evaluate(model_dir: str, screens: list[dict], seed: int = 0, code: str = "fourier") -> dict:
     from kvl_core.model import KimiVLForConditionalGeneration
 
     model = KimiVLForConditionalGeneration.from_pretrained(model_dir).float().eval()
@@ -151,7 +151,7 @@ def evaluate(model_dir: str, screens: list[dict], positions: bool = True, seed: 
         plan = ip.plan(s["image"].width, s["image"].height)
         chars, bold = patch_labels(s["glyphs"], plan.image_wh, plan.resized_wh, plan.grid_hw, ip.patch_size)
         _, _, mc, mb = merged_targets([(chars, bold, plan.grid_hw)])
-        feats = oracle(mc, mb, merged_positions([plan.grid_hw]) if positions else None)
+        feats = oracle(mc, mb, merged_positions([plan.grid_hw]))
         model.get_image_features = lambda pv, g, f=feats: f  # the oracle stands in for the vision tower
         ids = torch.tensor([enc.input_ids])
         seq = model.generate(ids, pixel_values=torch.zeros(1, 1), image_grid_hws=torch.tensor([plan.grid_hw]),
@@ -202,11 +202,9 @@ def main() -> None:
         if a.words:
             src = Path(a.words)
             total = sum(1 for _ in open(src))
-            data = point_chats(src, out / "data" / f"point-{src.stem}.jsonl", max_rows=a.max_rows)
-            held = point_chats(src, out / "data" / f"point-{src.stem}-heldout.jsonl", seed=1, skip=total - a.n)
-            # the held-out lines are the file's last: drop them from training
-            keep = [l for l in open(data) if json.loads(l)["id"] not in {json.loads(h)["id"] for h in open(held)}]
-            data.write_text("".join(keep))
+            # the file's last --n lines are held out
+            data = point_chats(src, out / "data" / f"point-{src.stem}.jsonl", stop=total - a.n, max_rows=a.max_rows)
+            point_chats(src, out / "data" / f"point-{src.stem}-heldout.jsonl", seed=1, start=total - a.n)
         elif not data.exists():
             t0 = time.perf_counter()
             D.write_train("screen", out / "data", a.screens, seed=0, workers=1)
